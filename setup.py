@@ -1,0 +1,42 @@
+"""Packaging for gfa_keras.
+
+TensorFlow is not a hard requirement on purpose: `tensorflow` and `tensorflow-cpu`
+are two distributions of the same package, and requiring one makes pip install it
+beside the other. Pick one through an extra, or bring your own.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="gfa_keras",
+    version="0.1.0",
+    description=(
+        "Layer-wise Gradient-Feature Alignment and other adversarial defenses for "
+        "Keras 3, with a strict (AutoAttack-style) robustness evaluation."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["gfa_keras", "gfa_keras.*"]),
+    install_requires=[
+        "keras>=3.3",
+        "numpy>=1.23",
+        "scikit-learn>=1.2",  # ships the embedded default data set (8x8 digits)
+        "cleverhans>=4.0",  # FGSM, PGD and MIM are used as they are
+    ],
+    extras_require={
+        "cpu": ["tensorflow-cpu>=2.16"],
+        "gpu": ["tensorflow[and-cuda]>=2.16"],
+        "tf": ["tensorflow>=2.16"],
+        "tfds": ["tensorflow-datasets>=4.9", "importlib_resources"],
+        "test": [
+            "pytest>=7",
+            "tensorflow-datasets>=4.9",
+            "importlib_resources",
+        ],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Framework :: Keras",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
