@@ -1,0 +1,34 @@
+"""Adversarial attacks with one flat signature, registered by name in `ATTACKS`.
+
+See `gfa_keras.attacks.base` for the signature every attack follows.
+"""
+from gfa_keras.attacks.base import *  # noqa: F401,F403
+from gfa_keras.attacks.base import __all__ as _base_all
+
+# Importing a module registers its attacks.
+from gfa_keras.attacks.cleverhans_attacks import *  # noqa: F401,F403
+from gfa_keras.attacks.apgd import *  # noqa: F401,F403
+from gfa_keras.attacks.carlini_wagner import *  # noqa: F401,F403
+from gfa_keras.attacks.spsa import *  # noqa: F401,F403
+from gfa_keras.attacks.fab import *  # noqa: F401,F403
+from gfa_keras.attacks.square import *  # noqa: F401,F403
+from gfa_keras.attacks.deepfool import *  # noqa: F401,F403
+from gfa_keras.attacks.ead import *  # noqa: F401,F403
+from gfa_keras.attacks.one_pixel import *  # noqa: F401,F403
+from gfa_keras.attacks import (  # noqa: E402
+    apgd,
+    carlini_wagner,
+    cleverhans_attacks,
+    deepfool,
+    ead,
+    fab,
+    one_pixel,
+    spsa,
+    square,
+)
+
+__all__ = list(_base_all) + [
+    name
+    for module in (cleverhans_attacks, apgd, carlini_wagner, spsa, fab, square, deepfool, ead, one_pixel)
+    for name in module.__all__
+]
