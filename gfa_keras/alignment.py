@@ -27,7 +27,10 @@ _MIN_SQUARED_NORM = 1e-30
 
 
 def _flatten_per_example(t):
-    t = ops.cast(t, "float32")
+    # Half-precision features (mixed precision) are aligned in float32: their squared
+    # norms overflow or underflow in float16. float64 stays float64.
+    if ops.dtype(t) != "float64":
+        t = ops.cast(t, "float32")
     return ops.reshape(t, (ops.shape(t)[0], -1))
 
 
@@ -44,7 +47,8 @@ def gradient_feature_alignment(gradients, features, epsilon: float = 1e-12):
         epsilon: Added to the product of norms; a zero gradient or feature gives 0, not NaN.
 
     Returns:
-        A float32 tensor of shape `[batch]` with values in [-1, 1].
+        A tensor of shape `[batch]` with values in [-1, 1], float32 (float64 for
+        float64 inputs).
 
     Raises:
         ValueError: If the shapes differ.
@@ -107,7 +111,7 @@ def alignment_penalty(
     if sample_weight is None:
         weights = ops.ones_like(cosines[0])
     else:
-        weights = ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
+        weights = ops.reshape(ops.cast(sample_weight, cosines[0].dtype), (-1,))
     # A batch whose weights are all 0 contributes nothing rather than 0/0.
     total_weight = ops.maximum(ops.sum(weights), 1e-12)
 

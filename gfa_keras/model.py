@@ -158,6 +158,10 @@ class GFAModel(keras.Model):
         penalty, alignments = alignment_penalty(gradients, features, sample_weight, self.epsilon)
         return task_loss, penalty, alignments, y_pred
 
+    def _total(self, task_loss, penalty):
+        penalty = tf.cast(_replica_mean_scale(penalty), task_loss.dtype)
+        return task_loss + self.penalty_weight * penalty
+
     def _update_trackers(self, x, total, task_loss, penalty, alignments):
         batch_size = tf.shape(tf.nest.flatten(x)[0])[0]
         # compute_loss does not update the `loss` tracker in Keras 3.15; the built-in
@@ -173,7 +177,7 @@ class GFAModel(keras.Model):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as outer:
             task_loss, penalty, alignments, y_pred = self._penalty(x, y, sample_weight, training=True)
-            total = task_loss + self.penalty_weight * _replica_mean_scale(penalty)
+            total = self._total(task_loss, penalty)
             scaled_total = self.optimizer.scale_loss(total)
         variables = self.trainable_variables
         gradients = outer.gradient(scaled_total, variables)
@@ -184,7 +188,7 @@ class GFAModel(keras.Model):
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         task_loss, penalty, alignments, y_pred = self._penalty(x, y, sample_weight, training=False)
-        total = task_loss + self.penalty_weight * _replica_mean_scale(penalty)
+        total = self._total(task_loss, penalty)
         self._update_trackers(x, total, task_loss, penalty, alignments)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 

@@ -108,13 +108,14 @@ def resolve_tapped_layers(model, layers) -> tuple:
                 f"rebuild the model with the Functional or Sequential API. Received: layers={names}"
             )
         return (MODEL_INPUT,)
-    existing = [layer.name for layer in model.layers]
+    # An InputLayer is never "called", so it has no input to tap.
+    existing = [layer.name for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     unknown = [name for name in names if name not in existing]
     if unknown:
         raise ValueError(
             f"No such layer: {unknown[0]}. Existing layers are: {existing}. Received: layers={names}"
         )
-    by_name = {layer.name: layer for layer in model.layers}
+    by_name = {layer.name: layer for layer in model.layers if layer.name in existing}
     for given, name in zip(layers, names):
         if isinstance(given, keras.layers.Layer) and given is not by_name[name]:
             raise ValueError(
