@@ -1,7 +1,33 @@
-"""gfa_keras: harden Keras 3 classifiers with layer-wise Gradient-Feature Alignment."""
+"""gfa_keras: harden Keras 3 classifiers against adversarial examples and measure how
+robust they are.
+
+- `harden(model, layers=3)`: layer-wise Gradient-Feature Alignment (and, with
+  `method=`, PGD adversarial training, TRADES, DataGrad, the hybrid, GFA + PGD).
+- `HardenedModel(base, perturbation=..., regularizers=[...])`: compose your own.
+- `gradient_feature_alignment`, `alignment_penalty`: the penalty for custom loops.
+"""
 from gfa_keras.alignment import alignment_penalty, gradient_feature_alignment
-from gfa_keras.model import GFAModel, harden
+from gfa_keras.methods import METHODS, harden
+from gfa_keras.model import GFAModel, HardenedModel
+from gfa_keras.perturbations import FGSM, PGD
+from gfa_keras.regularizers import GradientFeatureAlignment, InputGradientNorm, TradesKL
+from gfa_keras.schedules import CyclicLearningRate, PenaltyWarmup
 
 __version__ = "0.1.0"
 
-__all__ = ["GFAModel", "harden", "gradient_feature_alignment", "alignment_penalty", "__version__"]
+__all__ = [
+    "harden",
+    "METHODS",
+    "GFAModel",
+    "HardenedModel",
+    "FGSM",
+    "PGD",
+    "GradientFeatureAlignment",
+    "InputGradientNorm",
+    "TradesKL",
+    "PenaltyWarmup",
+    "CyclicLearningRate",
+    "gradient_feature_alignment",
+    "alignment_penalty",
+    "__version__",
+]

@@ -1,30 +1,34 @@
-"""`GFAModel`: a Keras model that trains a wrapped classifier with the GFA penalty.
+"""`HardenedModel`: trains a wrapped classifier with a perturbation and regularizers.
 
-`model.fit` stays `model.fit`: the wrapper overrides `train_step` (second-order
-autodiff with nested tapes) and `test_step` (the same alignment on validation
-data); `call` forwards to the wrapped model, whose weights are shared, not copied.
+`model.fit` stays `model.fit`: the wrapper overrides `train_step` (nested tapes for
+the second-order penalties) and `test_step` (the same penalties on validation data);
+`call` forwards to the wrapped model, whose weights are shared, not copied.
+
+One step, whatever the method:
+1. `x_train = perturbation(x)` when there is one (adversarial training), else x.
+2. Under an outer tape, an inner tape records the forward pass through a multi-output
+   feature extractor (the taps and the predictions) and the task loss; ONE inner
+   backward pass gives dL/dh for every tap and for the input.
+3. Each regularizer turns those into a penalty; total = task + sum_r weight_r * penalty_r.
+4. The outer tape differentiates total with respect to the weights (second order).
+
+`GFAModel` is the paper's method: a `HardenedModel` with one `GradientFeatureAlignment`.
 """
 from __future__ import annotations
-
-import math
 
 import keras
 import tensorflow as tf
 
-from gfa_keras.alignment import alignment_penalty
-from gfa_keras.taps import (
-    MODEL_INPUT,
-    build_feature_extractor,
-    is_graph_model,
-    resolve_tapped_layers,
-)
+from gfa_keras.perturbations import Perturbation
+from gfa_keras.regularizers import GradientFeatureAlignment, Regularizer, StepTensors
+from gfa_keras.taps import MODEL_INPUT, build_feature_extractor, is_graph_model
 
-__all__ = ["GFAModel", "harden"]
+__all__ = ["HardenedModel", "GFAModel"]
 
 DEFAULT_PENALTY_WEIGHT = 0.01
 
 
-def _require_tensorflow_backend():
+def require_tensorflow_backend():
     backend = keras.backend.backend()
     if backend != "tensorflow":
         raise RuntimeError(
@@ -34,19 +38,7 @@ def _require_tensorflow_backend():
         )
 
 
-def _check_penalty_weight(penalty_weight):
-    if isinstance(penalty_weight, bool) or not isinstance(penalty_weight, (int, float)):
-        raise ValueError(
-            f"penalty_weight must be a finite number >= 0. Received: penalty_weight={penalty_weight!r}"
-        )
-    if not math.isfinite(penalty_weight) or penalty_weight < 0:
-        raise ValueError(
-            f"penalty_weight must be a finite number >= 0. Received: penalty_weight={penalty_weight}"
-        )
-    return float(penalty_weight)
-
-
-def _check_base_model(model):
+def check_base_model(model):
     if not isinstance(model, keras.Model):
         raise ValueError(
             "Expected a Keras 3 model (keras.Model, Sequential or Functional). "
@@ -60,20 +52,216 @@ def _check_base_model(model):
         )
 
 
-def _replica_mean_scale(value):
-    """Scales a per-replica mean so that summing gradients over replicas averages them
-    (what Keras does to the compiled loss under tf.distribute)."""
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    return value / replicas if replicas > 1 else value
+def _num_replicas():
+    return tf.distribute.get_strategy().num_replicas_in_sync
 
 
-def _sanitize_metric_name(layer_name):
-    return "".join(c if c.isalnum() or c == "_" else "_" for c in layer_name)
+def _serialize(obj):
+    return keras.saving.serialize_keras_object(obj)
+
+
+def _deserialize(config, custom_objects=None):
+    return keras.saving.deserialize_keras_object(config, custom_objects=custom_objects)
 
 
 @keras.saving.register_keras_serializable(package="gfa_keras")
-class GFAModel(keras.Model):
-    """Wraps a classifier so that `fit` adds the layer-wise GFA penalty.
+class HardenedModel(keras.Model):
+    """Wraps a classifier so that `fit` trains it with a perturbation and regularizers.
+
+    Args:
+        base_model: A built Keras classifier (Sequential or Functional; a subclassed
+            model can be tapped at its input only) whose weights are shared.
+        perturbation: None (train on clean data) or a `Perturbation` such as
+            `PGD(eps=8/255, steps=7)`: the task loss is then taken on the perturbed batch.
+        regularizers: `Regularizer`s (`GradientFeatureAlignment`, `InputGradientNorm`,
+            `TradesKL`), each with its own weight; names must be distinct.
+        **kwargs: Passed to `keras.Model` (e.g. `name`).
+
+    Logged metrics: `loss` (total), `task_loss`, `<name>_penalty` for each regularizer
+    (unweighted), `<name>_weight` (its current weight), `alignment_<layer>` for GFA,
+    and the compiled metrics; the same with `val_` on validation data. Validation runs
+    on clean data (no perturbation); `TradesKL` runs its own attack there too.
+
+    Example:
+
+    >>> from gfa_keras.perturbations import PGD
+    >>> from gfa_keras.regularizers import InputGradientNorm
+    >>> base = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+    ...                          keras.layers.Dense(10)])
+    >>> hybrid = HardenedModel(base, perturbation=PGD(eps=0.1, steps=7),
+    ...                        regularizers=[InputGradientNorm(p=2, squared=True, weight=0.1)])
+    """
+
+    def __init__(self, base_model, perturbation=None, regularizers=(), **kwargs):
+        require_tensorflow_backend()
+        check_base_model(base_model)
+        if perturbation is not None and not isinstance(perturbation, Perturbation):
+            raise ValueError(
+                "perturbation must be None or a gfa_keras Perturbation (FGSM, PGD). "
+                f"Received: perturbation={perturbation!r}"
+            )
+        regularizers = list(regularizers)
+        bad = [r for r in regularizers if not isinstance(r, Regularizer)]
+        if bad:
+            raise ValueError(
+                "regularizers must be gfa_keras Regularizers (GradientFeatureAlignment, InputGradientNorm, "
+                f"TradesKL). Received: {bad!r}"
+            )
+        names = [r.name for r in regularizers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Each regularizer may appear once. Received regularizers named: {names}")
+        for regularizer in regularizers:
+            regularizer.bind(base_model)
+        super().__init__(**kwargs)
+        self.base_model = base_model
+        self.perturbation = perturbation
+        self.regularizers = regularizers
+
+        self._taps = tuple(dict.fromkeys(n for r in regularizers for n in r.tapped_layers if n != MODEL_INPUT))
+        self._needs_input_gradient = any(
+            r.needs_input_gradient or MODEL_INPUT in r.tapped_layers for r in regularizers
+        )
+        self._needs_gradients = bool(self._taps) or self._needs_input_gradient
+        self._feature_extractor = build_feature_extractor(base_model, self._taps) if self._taps else None
+        # Weights are variables so that callbacks (warm-up) can change them without retracing.
+        self.penalty_weights = {
+            r.name: self.add_weight(shape=(), initializer=keras.initializers.Constant(r.weight),
+                                    trainable=False, name=f"{r.name}_weight")
+            for r in regularizers
+        }
+        self.task_loss_tracker = keras.metrics.Mean(name="task_loss")
+        self._penalty_trackers = {
+            metric: keras.metrics.Mean(name=metric) for r in regularizers for metric in r.metric_names()
+        }
+        self._weight_trackers = {
+            r.name: keras.metrics.Mean(name=f"{r.name}_weight") for r in regularizers
+        }
+        # The base model is built, so the wrapper is too: without this, save_weights,
+        # ModelCheckpoint and Keras Tuner fail on a wrapper that was never called.
+        self.built = True
+
+    def call(self, inputs, training=None):
+        return self.base_model(inputs, training=training)
+
+    def regularizer(self, name) -> Regularizer:
+        """The regularizer called `name`, or a ValueError listing the model's ones."""
+        for r in self.regularizers:
+            if r.name == name:
+                return r
+        raise ValueError(
+            f"No regularizer named {name!r}. Expected one of {[r.name for r in self.regularizers]}."
+        )
+
+    def _forward(self, x, clean_x, y, sample_weight, training):
+        """Task loss, predictions and the tensors the regularizers need."""
+        features, feature_gradients, input_gradient = {}, {}, None
+        if not self._needs_gradients:
+            y_pred = self.base_model(x, training=training)
+            task_loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+            return task_loss, StepTensors(x, clean_x, y, sample_weight, y_pred, {}, {}, None, self, training)
+
+        inputs = [t for t in tf.nest.flatten(x) if t.dtype.is_floating]
+        with tf.GradientTape() as inner:
+            inner.watch(inputs)
+            if self._feature_extractor is not None:
+                tapped, y_pred = self._feature_extractor(x, training=training)
+                features = dict(zip(self._taps, tapped))
+            else:
+                y_pred = self.base_model(x, training=training)
+            task_loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+            # Per-example gradients: the gradient of the summed (not averaged) loss. The
+            # optimizer's loss scale keeps float16 backprop from underflowing.
+            batch_size = tf.cast(tf.shape(inputs[0])[0] * _num_replicas(), task_loss.dtype)
+            loss_scale = self.optimizer.scale_loss(tf.constant(1.0, task_loss.dtype)) \
+                if self.optimizer is not None else 1.0
+            inner_target = task_loss * batch_size * loss_scale
+        sources = [features[n] for n in self._taps] + (inputs[:1] if self._needs_input_gradient else [])
+        gradients = inner.gradient(inner_target, sources)
+        names = list(self._taps) + ([MODEL_INPUT] if self._needs_input_gradient else [])
+        missing = [n for n, g in zip(names, gradients) if g is None]
+        if missing:
+            raise RuntimeError(
+                f"The loss does not depend on the input of {missing}: its gradient is None. "
+                "Tap layers on the path from the input to the output."
+            )
+        gradients = [g / tf.cast(loss_scale, g.dtype) for g in gradients]
+        feature_gradients = dict(zip(names, gradients))
+        if self._needs_input_gradient:
+            features[MODEL_INPUT] = inputs[0]
+            input_gradient = feature_gradients[MODEL_INPUT]
+        step = StepTensors(x, clean_x, y, sample_weight, y_pred, features, feature_gradients, input_gradient,
+                           self, training)
+        return task_loss, step
+
+    def _total_loss(self, x, y, sample_weight, training):
+        """(total, task_loss, {metric: value}, y_pred) for one batch."""
+        clean_x = x
+        if training and self.perturbation is not None:
+            x = self.perturbation(self.base_model, x, y)
+        task_loss, step = self._forward(x, clean_x, y, sample_weight, training)
+        total, logs = task_loss, {}
+        for r in self.regularizers:
+            value, extra = r.penalty(step)
+            # Keras scales the compiled loss by 1/replicas so that summed replica
+            # gradients average; penalties (batch means) get the same treatment.
+            weighted = self.penalty_weights[r.name] * tf.cast(value, task_loss.dtype) / _num_replicas()
+            total = total + tf.cast(weighted, task_loss.dtype)
+            logs[f"{r.name}_penalty"] = value
+            logs.update(extra)
+        return total, task_loss, logs, step.y_pred
+
+    def _update_trackers(self, x, total, task_loss, logs):
+        batch_size = tf.shape(tf.nest.flatten(x)[0])[0]
+        # compute_loss does not update the `loss` tracker in Keras 3.15; the built-in
+        # train_step does it itself (undoing the 1/replicas scaling), so we do too.
+        replicas = _num_replicas()
+        self._loss_tracker.update_state(total * replicas, sample_weight=batch_size)
+        self.task_loss_tracker.update_state(task_loss * replicas, sample_weight=batch_size)
+        for name, value in logs.items():
+            self._penalty_trackers[name].update_state(value, sample_weight=batch_size)
+        for name, tracker in self._weight_trackers.items():
+            tracker.update_state(self.penalty_weights[name])
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as outer:
+            total, task_loss, logs, y_pred = self._total_loss(x, y, sample_weight, training=True)
+            scaled_total = self.optimizer.scale_loss(total)
+        variables = self.trainable_variables
+        self.optimizer.apply(outer.gradient(scaled_total, variables), variables)
+        self._update_trackers(x, total, task_loss, logs)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        total, task_loss, logs, y_pred = self._total_loss(x, y, sample_weight, training=False)
+        self._update_trackers(x, total, task_loss, logs)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "base_model": _serialize(self.base_model),
+                "perturbation": None if self.perturbation is None else _serialize(self.perturbation),
+                "regularizers": [_serialize(r) for r in self.regularizers],
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        config["base_model"] = _deserialize(config["base_model"], custom_objects)
+        if config.get("perturbation") is not None:
+            config["perturbation"] = _deserialize(config["perturbation"], custom_objects)
+        config["regularizers"] = [_deserialize(r, custom_objects) for r in config.get("regularizers", [])]
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="gfa_keras")
+class GFAModel(HardenedModel):
+    """The paper's method: a `HardenedModel` trained with the layer-wise GFA penalty.
 
     total = task_loss + penalty_weight * mean_over_batch(sum_l (1 - cos(dL/dh_l, h_l)))
 
@@ -87,9 +275,9 @@ class GFAModel(keras.Model):
         epsilon: Added to the norms' product in the cosine.
         **kwargs: Passed to `keras.Model` (e.g. `name`).
 
-    Logged metrics: `loss` (total), `task_loss`, `gfa_penalty`, and `alignment_<layer>`
-    for each tapped layer (the batch-mean cosine, 1 = fully aligned), plus the compiled
-    metrics; the same with `val_` on validation data.
+    Logged metrics: `loss` (total), `task_loss`, `gfa_penalty` (unweighted),
+    `gfa_weight`, and `alignment_<layer>` for each tapped layer (the batch-mean cosine,
+    1 = fully aligned), plus the compiled metrics; the same with `val_` on validation data.
 
     Example:
 
@@ -99,151 +287,37 @@ class GFAModel(keras.Model):
     ('dense',)
     """
 
-    def __init__(self, base_model, layers=3, penalty_weight=DEFAULT_PENALTY_WEIGHT,
-                 epsilon=1e-12, **kwargs):
-        _require_tensorflow_backend()
-        _check_base_model(base_model)
-        penalty_weight = _check_penalty_weight(penalty_weight)
-        tapped = resolve_tapped_layers(base_model, layers)
-        super().__init__(**kwargs)
-        self.base_model = base_model
-        self.tapped_layers = tapped
-        self.penalty_weight = penalty_weight
-        self.epsilon = float(epsilon)
-        if is_graph_model(base_model):
-            self._feature_extractor = build_feature_extractor(base_model, tapped)
-        else:
-            self._feature_extractor = None
-        self.task_loss_tracker = keras.metrics.Mean(name="task_loss")
-        self.penalty_tracker = keras.metrics.Mean(name="gfa_penalty")
-        self.alignment_trackers = [
-            keras.metrics.Mean(name=f"alignment_{_sanitize_metric_name(name)}") for name in tapped
-        ]
-        # The base model is built, so the wrapper is too: without this, save_weights,
-        # ModelCheckpoint and Keras Tuner fail on a wrapper that was never called.
-        self.built = True
+    def __init__(self, base_model, layers=3, penalty_weight=DEFAULT_PENALTY_WEIGHT, epsilon=1e-12, **kwargs):
+        require_tensorflow_backend()
+        check_base_model(base_model)
+        try:
+            alignment = GradientFeatureAlignment(layers=layers, weight=penalty_weight, epsilon=epsilon)
+        except ValueError:
+            raise ValueError(
+                f"penalty_weight must be a finite number >= 0. Received: penalty_weight={penalty_weight!r}"
+            ) from None
+        super().__init__(base_model, regularizers=[alignment], **kwargs)
 
-    def call(self, inputs, training=None):
-        return self.base_model(inputs, training=training)
+    @property
+    def tapped_layers(self):
+        """The names of the layers whose inputs are aligned."""
+        return self.regularizers[0].tapped_layers
 
-    def _features_and_predictions(self, x, tape, training):
-        """Forward pass giving (taps, y_pred) with the taps watched by `tape`."""
-        for t in tf.nest.flatten(x):
-            if t.dtype.is_floating:
-                tape.watch(t)
-        if self._feature_extractor is None:
-            features = tf.nest.flatten(x)[:1]
-            return features, self.base_model(x, training=training)
-        features, y_pred = self._feature_extractor(x, training=training)
-        return list(features), y_pred
-
-    def _penalty(self, x, y, sample_weight, training):
-        """Task loss, GFA penalty, per-layer alignments and predictions.
-
-        The inner tape gives dL/dh_l for every tap in one backward pass; when this runs
-        under an outer tape, the returned penalty stays differentiable (second order).
-        """
-        with tf.GradientTape() as inner:
-            features, y_pred = self._features_and_predictions(x, inner, training)
-            task_loss = self.compute_loss(
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
-            )
-        gradients = inner.gradient(task_loss, features)
-        missing = [n for n, g in zip(self.tapped_layers, gradients) if g is None]
-        if missing:
-            raise RuntimeError(
-                f"The loss does not depend on the input of layer(s) {missing}: the gradient is None. "
-                "Tap layers on the path from the input to the output."
-            )
-        penalty, alignments = alignment_penalty(gradients, features, sample_weight, self.epsilon)
-        return task_loss, penalty, alignments, y_pred
-
-    def _total(self, task_loss, penalty):
-        penalty = tf.cast(_replica_mean_scale(penalty), task_loss.dtype)
-        return task_loss + self.penalty_weight * penalty
-
-    def _update_trackers(self, x, total, task_loss, penalty, alignments):
-        batch_size = tf.shape(tf.nest.flatten(x)[0])[0]
-        # compute_loss does not update the `loss` tracker in Keras 3.15; the built-in
-        # train_step does it itself, so we do too (with Keras' distribution unscaling).
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        self._loss_tracker.update_state(total * replicas, sample_weight=batch_size)
-        self.task_loss_tracker.update_state(task_loss * replicas, sample_weight=batch_size)
-        self.penalty_tracker.update_state(penalty, sample_weight=batch_size)
-        for tracker, value in zip(self.alignment_trackers, alignments):
-            tracker.update_state(value, sample_weight=batch_size)
-
-    def train_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as outer:
-            task_loss, penalty, alignments, y_pred = self._penalty(x, y, sample_weight, training=True)
-            total = self._total(task_loss, penalty)
-            scaled_total = self.optimizer.scale_loss(total)
-        variables = self.trainable_variables
-        gradients = outer.gradient(scaled_total, variables)
-        self.optimizer.apply(gradients, variables)
-        self._update_trackers(x, total, task_loss, penalty, alignments)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-
-    def test_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        task_loss, penalty, alignments, y_pred = self._penalty(x, y, sample_weight, training=False)
-        total = self._total(task_loss, penalty)
-        self._update_trackers(x, total, task_loss, penalty, alignments)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+    @property
+    def penalty_weight(self):
+        """beta, as configured (the live value is `penalty_weights["gfa"]`)."""
+        return self.regularizers[0].weight
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "base_model": keras.saving.serialize_keras_object(self.base_model),
-                "layers": list(self.tapped_layers),
-                "penalty_weight": self.penalty_weight,
-                "epsilon": self.epsilon,
-            }
-        )
+        alignment = self.regularizers[0]
+        del config["perturbation"], config["regularizers"]
+        config.update({"layers": list(alignment.tapped_layers), "penalty_weight": alignment.weight,
+                       "epsilon": alignment.epsilon})
         return config
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        config["base_model"] = keras.saving.deserialize_keras_object(
-            config["base_model"], custom_objects=custom_objects
-        )
+        config["base_model"] = _deserialize(config["base_model"], custom_objects)
         return cls(**config)
-
-
-def harden(model, layers=3, penalty_weight: float = DEFAULT_PENALTY_WEIGHT, epsilon: float = 1e-12,
-           name: str | None = None) -> GFAModel:
-    """Wraps `model` so that `fit` trains it with layer-wise Gradient-Feature Alignment.
-
-    Args:
-        model: A built Keras 3 classifier whose weights the wrapper shares.
-        layers: Which layer inputs to align: an int N (the first N weighted layers; 1 =
-            the input image, the paper's FIRST; 3 = the paper's DEEP) or a list of layer
-            names or layer objects.
-        penalty_weight: beta, the penalty's weight (>= 0). Useful values are small:
-            at initialisation the DEEP penalty is about 3 (cosines near 0).
-        epsilon: Added to the norms' product in the cosine.
-        name: The wrapper's name; default `"<model name>_gfa"`.
-
-    Returns:
-        A `GFAModel`; compile and fit it like any Keras model.
-
-    Raises:
-        ValueError: For a non-Keras or unbuilt model, a bad `layers` or `penalty_weight`.
-        RuntimeError: When the Keras backend is not TensorFlow.
-
-    Example:
-
-    >>> base = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
-    ...                          keras.layers.Dense(16, activation="relu"),
-    ...                          keras.layers.Dense(10)])
-    >>> model = harden(base, layers=2, penalty_weight=0.01)
-    >>> model.compile(optimizer="adam",
-    ...               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    """
-    _require_tensorflow_backend()
-    _check_base_model(model)
-    return GFAModel(model, layers=layers, penalty_weight=penalty_weight, epsilon=epsilon,
-                    name=name or f"{model.name}_gfa")

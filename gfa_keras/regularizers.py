@@ -1,0 +1,231 @@
+"""Penalties added to the task loss by `HardenedModel`, each a small serializable object.
+
+A regularizer says which gradients it needs (`tapped_layers`, `needs_input_gradient`);
+the model computes them all in ONE inner backward pass and hands them over in a
+`StepTensors`. `penalty()` returns the unweighted penalty and any extra values to log;
+the model multiplies by the regularizer's weight (a variable, so that a callback can
+warm it up).
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+
+import keras
+import tensorflow as tf
+
+from gfa_keras.alignment import alignment_penalty
+from gfa_keras.perturbations import PGD, _finite_positive
+from gfa_keras.taps import resolve_tapped_layers
+
+__all__ = [
+    "StepTensors",
+    "Regularizer",
+    "GradientFeatureAlignment",
+    "InputGradientNorm",
+    "TradesKL",
+    "metric_safe",
+]
+
+
+def metric_safe(name):
+    """A layer name made safe for a metric name."""
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in name)
+
+
+@dataclasses.dataclass
+class StepTensors:
+    """What one training or test step computed, for the regularizers to use.
+
+    Attributes:
+        x: The batch the task loss was computed on (perturbed, when training with a
+            perturbation).
+        clean_x: The batch before any perturbation.
+        y, sample_weight: As unpacked from the data.
+        y_pred: The model's output on `x`, under the outer tape.
+        features: Tapped layer name -> its input h_l.
+        feature_gradients: Tapped layer name -> dL/dh_l.
+        input_gradient: Per-example gradient of the task loss with respect to `x` (the
+            gradient of the summed, sample-weighted per-example losses), or None.
+        model: The `HardenedModel` (its `base_model` gives logits).
+        training: True in `train_step`.
+    """
+
+    x: object
+    clean_x: object
+    y: object
+    sample_weight: object
+    y_pred: object
+    features: dict
+    feature_gradients: dict
+    input_gradient: object
+    model: object
+    training: bool
+
+
+class Regularizer(abc.ABC):
+    """Base class: a named penalty with a non-negative weight."""
+
+    name = "regularizer"
+    needs_input_gradient = False
+
+    def __init__(self, weight):
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
+                or weight < 0:
+            raise ValueError(f"The weight of {type(self).__name__} must be a finite number >= 0. "
+                             f"Received: weight={weight!r}")
+        self.weight = float(weight)
+
+    @property
+    def tapped_layers(self):
+        """Names of the layers whose inputs (and gradients) this penalty needs."""
+        return ()
+
+    def bind(self, base_model):
+        """Resolves anything model-specific (layer names); called once by the model."""
+
+    def metric_names(self):
+        return [f"{self.name}_penalty"]
+
+    @abc.abstractmethod
+    def penalty(self, step: StepTensors):
+        """Returns `(penalty, extra)`: the unweighted scalar and a dict of values to log."""
+
+    def get_config(self):
+        return {"weight": self.weight}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="gfa_keras")
+class GradientFeatureAlignment(Regularizer):
+    """Layer-wise Gradient-Feature Alignment (Lin et al. 2025): mean over the batch of
+    sum_l (1 - cos(dL/dh_l, h_l)).
+
+    Args:
+        layers: An int N (the inputs of the first N weighted layers; 1 = the input
+            image, the paper's FIRST; 3 = DEEP) or layer names / layer objects.
+        weight: beta.
+        epsilon: Added to the norms' product in the cosine.
+    """
+
+    name = "gfa"
+
+    def __init__(self, layers=3, weight=0.01, epsilon=1e-12):
+        super().__init__(weight)
+        self.layers = layers
+        self.epsilon = float(epsilon)
+        self._names = None
+
+    def bind(self, base_model):
+        self._names = resolve_tapped_layers(base_model, self.layers)
+        self.layers = list(self._names)
+
+    @property
+    def tapped_layers(self):
+        if self._names is None:
+            raise ValueError("GradientFeatureAlignment is not bound to a model yet.")
+        return self._names
+
+    def metric_names(self):
+        return [f"{self.name}_penalty"] + [f"alignment_{metric_safe(n)}" for n in self.tapped_layers]
+
+    def penalty(self, step):
+        gradients = [step.feature_gradients[n] for n in self.tapped_layers]
+        features = [step.features[n] for n in self.tapped_layers]
+        value, alignments = alignment_penalty(gradients, features, step.sample_weight, self.epsilon)
+        extra = {f"alignment_{metric_safe(n)}": a for n, a in zip(self.tapped_layers, alignments)}
+        return value, extra
+
+    def get_config(self):
+        layers = self.layers if isinstance(self.layers, int) else [
+            layer if isinstance(layer, str) else layer.name for layer in self.layers
+        ]
+        return {"layers": layers, "weight": self.weight, "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(package="gfa_keras")
+class InputGradientNorm(Regularizer):
+    """Double-backprop penalty on the input gradient: mean over the batch of
+    ||dL_i/dx_i||_p (DataGrad, Ororbia et al.: p = 1 or 2), or its square
+    (`squared=True`, the hybrid's ||dL/dx||_2^2). Taken at the points the task loss is
+    trained on: with a PGD perturbation, at the perturbed points.
+
+    Args:
+        p: 1 or 2.
+        weight: lambda.
+        squared: Penalise ||g||_p^2 instead of ||g||_p.
+    """
+
+    name = "input_gradient"
+    needs_input_gradient = True
+
+    def __init__(self, p=2, weight=0.01, squared=False):
+        super().__init__(weight)
+        if p not in (1, 2) or isinstance(p, bool):
+            raise ValueError(f"p must be 1 or 2. Received: p={p!r}")
+        self.p = int(p)
+        self.squared = bool(squared)
+
+    def penalty(self, step):
+        g = tf.reshape(tf.cast(step.input_gradient, tf.float32), [tf.shape(step.input_gradient)[0], -1])
+        if self.p == 1:
+            norms = tf.reduce_sum(tf.abs(g), axis=1)
+        else:
+            squares = tf.reduce_sum(tf.square(g), axis=1)
+            # sqrt'(0) is infinite: the floor keeps a zero gradient from turning NaN.
+            norms = squares if self.squared else tf.sqrt(tf.maximum(squares, 1e-30))
+        if self.p == 1 and self.squared:
+            norms = tf.square(norms)
+        return tf.reduce_mean(norms), {}
+
+    def get_config(self):
+        return {"p": self.p, "weight": self.weight, "squared": self.squared}
+
+
+def _kl_per_example(p_clean, logits_adv):
+    """KL(p_clean || softmax(logits_adv)) per example."""
+    log_q = tf.nn.log_softmax(tf.cast(logits_adv, tf.float32))
+    p = tf.cast(p_clean, tf.float32)
+    return tf.reduce_sum(p * (tf.math.log(tf.maximum(p, 1e-12)) - log_q), axis=1)
+
+
+@keras.saving.register_keras_serializable(package="gfa_keras")
+class TradesKL(Regularizer):
+    """TRADES (Zhang et al. 2019): KL(f(x) || f(x')) with x' the KL-maximising point of
+    the eps-ball found by PGD from x + 0.001 N(0, 1). Needs logits.
+
+    Args:
+        weight: TRADES' beta (6 in the paper for CIFAR-10).
+        eps, step_size, steps, norm, clip_min, clip_max: The inner attack (TRADES
+            uses eps=8/255 (0.031), step 0.007, 10 steps on CIFAR-10).
+    """
+
+    name = "trades"
+
+    def __init__(self, weight=6.0, eps=8 / 255, step_size=None, steps=10, norm="linf",
+                 clip_min=0.0, clip_max=1.0):
+        super().__init__(weight)
+        self.attack = PGD(eps, step_size=step_size, steps=steps, random_start=False, norm=norm,
+                          clip_min=clip_min, clip_max=clip_max)
+
+    def penalty(self, step):
+        base = step.model.base_model
+        # TRADES' clean term: the step's own predictions unless they were made on a
+        # perturbed batch (TRADES combined with adversarial training).
+        logits_clean = step.y_pred if step.x is step.clean_x else base(step.clean_x, training=step.training)
+        p_clean = tf.nn.softmax(tf.cast(logits_clean, tf.float32))
+        a = self.attack
+        x = tf.stop_gradient(tf.cast(step.clean_x, tf.float32))
+        start = tf.clip_by_value(x + 0.001 * tf.random.normal(tf.shape(x)), a.clip_min, a.clip_max)
+        x_adv = a(base, x, tf.stop_gradient(p_clean), objective=_kl_per_example, start=start)
+        logits_adv = base(x_adv, training=step.training)
+        return tf.reduce_mean(_kl_per_example(p_clean, logits_adv)), {}
+
+    def get_config(self):
+        a = self.attack
+        return {"weight": self.weight, "eps": a.eps, "step_size": a.step_size, "steps": a.steps,
+                "norm": a.norm, "clip_min": a.clip_min, "clip_max": a.clip_max}

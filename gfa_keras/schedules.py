@@ -1,0 +1,116 @@
+"""Schedules for hardened training: a penalty-weight warm-up and a cyclic learning rate."""
+from __future__ import annotations
+
+import math
+
+import keras
+
+__all__ = ["PenaltyWarmup", "CyclicLearningRate", "warmup_value"]
+
+
+def warmup_value(epoch, target, start_epoch, end_epoch):
+    """The weight at `epoch` (0-based): 0 before `start_epoch`, then linear, reaching
+    `target` at `end_epoch` and staying there."""
+    if epoch < start_epoch:
+        return 0.0
+    if epoch >= end_epoch:
+        return float(target)
+    return float(target) * (epoch - start_epoch) / (end_epoch - start_epoch)
+
+
+def _check_number(name, value, minimum=0.0, strict=False):
+    bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+    if bad or value < minimum or (strict and value == minimum):
+        relation = ">" if strict else ">="
+        raise ValueError(f"{name} must be a finite number {relation} {minimum}. Received: {name}={value!r}")
+    return value
+
+
+class PenaltyWarmup(keras.callbacks.Callback):
+    """Warms a regularizer's weight up linearly at the start of each epoch.
+
+    The weight is 0 for epochs before `start_epoch`, grows linearly from 0 at
+    `start_epoch` to `target` at `end_epoch`, then stays at `target` (the hybrid
+    method's schedule: no gradient penalty while the model first learns).
+
+    Args:
+        regularizer: The name of the model's regularizer, e.g. "input_gradient" or "gfa".
+        target: The final weight (>= 0).
+        start_epoch: First epoch (0-based) with a non-zero weight ramp.
+        end_epoch: Epoch at which the weight reaches `target` (>= start_epoch).
+
+    Raises:
+        ValueError: For a negative target or epochs, or a ramp that ends before it starts.
+
+    Example:
+
+    >>> warmup = PenaltyWarmup("input_gradient", target=0.1, start_epoch=2, end_epoch=5)
+    >>> [round(warmup.value(e), 3) for e in range(7)]
+    [0.0, 0.0, 0.0, 0.033, 0.067, 0.1, 0.1]
+    """
+
+    def __init__(self, regularizer, target, start_epoch=0, end_epoch=5):
+        super().__init__()
+        self.regularizer = regularizer
+        self.target = float(_check_number("target", target))
+        for name, value in (("start_epoch", start_epoch), ("end_epoch", end_epoch)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0. Received: {name}={value!r}")
+        if end_epoch < start_epoch:
+            raise ValueError(
+                "The warm-up ends before it starts. Expected start_epoch <= end_epoch. "
+                f"Received: start_epoch={start_epoch}, end_epoch={end_epoch}"
+            )
+        self.start_epoch = start_epoch
+        self.end_epoch = end_epoch
+
+    def value(self, epoch):
+        return warmup_value(epoch, self.target, self.start_epoch, self.end_epoch)
+
+    def on_train_begin(self, logs=None):
+        weights = getattr(self.model, "penalty_weights", None)
+        if weights is None or self.regularizer not in weights:
+            known = sorted(weights) if weights else []
+            raise ValueError(
+                f"PenaltyWarmup needs a hardened model with a regularizer named {self.regularizer!r}. "
+                f"Expected one of {known}. Received: model {self.model.name!r}"
+            )
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.penalty_weights[self.regularizer].assign(self.value(epoch))
+
+
+@keras.saving.register_keras_serializable(package="gfa_keras")
+class CyclicLearningRate(keras.optimizers.schedules.LearningRateSchedule):
+    """Triangular cyclic learning rate (Smith 2017): from `min_lr` up to `max_lr` over
+    `half_cycle_steps` steps, back down over as many, and again.
+
+    Args:
+        min_lr: The lowest learning rate (> 0).
+        max_lr: The highest (>= min_lr).
+        half_cycle_steps: Optimizer steps from min to max (> 0).
+
+    Example:
+
+    >>> schedule = CyclicLearningRate(0.0, 0.2, half_cycle_steps=10)
+    >>> [round(float(schedule(s)), 3) for s in (0, 5, 10, 15, 20)]
+    [0.0, 0.1, 0.2, 0.1, 0.0]
+    """
+
+    def __init__(self, min_lr, max_lr, half_cycle_steps):
+        self.min_lr = float(_check_number("min_lr", min_lr))
+        self.max_lr = float(_check_number("max_lr", max_lr))
+        if self.max_lr < self.min_lr:
+            raise ValueError(f"max_lr must be >= min_lr. Received: min_lr={min_lr}, max_lr={max_lr}")
+        if isinstance(half_cycle_steps, bool) or not isinstance(half_cycle_steps, int) or half_cycle_steps <= 0:
+            raise ValueError(f"half_cycle_steps must be an int > 0. Received: half_cycle_steps={half_cycle_steps!r}")
+        self.half_cycle_steps = half_cycle_steps
+
+    def __call__(self, step):
+        position = keras.ops.cast(step, "float32") / self.half_cycle_steps
+        # Distance from the nearest even multiple: 0 at cycle start, 1 at the peak.
+        rise = 1.0 - keras.ops.abs(keras.ops.mod(position, 2.0) - 1.0)
+        return self.min_lr + (self.max_lr - self.min_lr) * rise
+
+    def get_config(self):
+        return {"min_lr": self.min_lr, "max_lr": self.max_lr, "half_cycle_steps": self.half_cycle_steps}
