@@ -142,10 +142,16 @@ class PGD(Perturbation):
             x_adv = random_start(x, self.eps, self.norm, self.clip_min, self.clip_max, _step_seed())
         else:
             x_adv = x
-        for _ in tf.range(self.steps):
+
+        def ascend(i, x_adv):
             gradient = self._loss_gradient(model, x_adv, y, objective)
             x_adv = project(x_adv + _ascent_step(gradient, self.step_size, self.norm), x, self.eps, self.norm,
                             self.clip_min, self.clip_max)
+            return i + 1, x_adv
+
+        # A while loop, not a Python one: Keras does not autograph train_step, and an
+        # unrolled loop would grow the graph with every step.
+        _, x_adv = tf.while_loop(lambda i, _: i < self.steps, ascend, (tf.constant(0), x_adv))
         return tf.stop_gradient(x_adv)
 
 
