@@ -150,13 +150,18 @@ def validate_attack_inputs(x, y, *, eps=0.0, norm="linf", clip_min=0.0, clip_max
 
 
 def perturbation_norms(x, x_adv, norm="linf"):
-    """Per-example norm of `x_adv - x` over all non-batch axes, shape `[batch]`."""
+    """Per-example norm of `x_adv - x` over all non-batch axes, shape `[batch]`.
+
+    `norm` is one of `NORMS`, or `"l1"` to measure (not bound) sparse attacks such as EAD.
+    """
     delta = tf.reshape(tf.cast(x_adv, tf.float32) - tf.cast(x, tf.float32), [tf.shape(x)[0], -1])
     if norm == "linf":
         return tf.reduce_max(tf.abs(delta), axis=1)
     if norm == "l2":
         return tf.norm(delta, axis=1)
-    raise ValueError(f"Unknown norm. Expected one of {NORMS}. Received: norm={norm!r}")
+    if norm == "l1":
+        return tf.reduce_sum(tf.abs(delta), axis=1)
+    raise ValueError(f"Unknown norm. Expected one of {NORMS + ('l1',)}. Received: norm={norm!r}")
 
 
 def _per_example(v, rank):

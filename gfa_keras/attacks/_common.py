@@ -1,0 +1,102 @@
+"""Private helpers shared by the attacks in this package: compiled-function cache,
+option checks, clean logits and the final eps filter of minimum-norm attacks."""
+from __future__ import annotations
+
+import numbers
+import weakref
+
+import numpy as np
+import tensorflow as tf
+
+from gfa_keras.attacks.base import perturbation_norms
+
+# model -> {settings: compiled function}. Weak keys, and the compiled functions
+# hold the model only weakly, so a cached attack never keeps a model alive.
+_COMPILED = weakref.WeakKeyDictionary()
+
+
+def compiled(model, settings, build):
+    """Returns `build(model_ref, *settings)`, cached per model and settings.
+
+    `build` receives a zero-argument callable that returns the model (a weak
+    reference when possible) and must return a `tf.function`.
+    """
+    try:
+        model_ref = weakref.WeakMethod(model) if hasattr(model, "__self__") else weakref.ref(model)
+        per_model = _COMPILED.setdefault(model, {})
+    except TypeError:  # Not weak-referenceable: compile without caching.
+        return build(lambda: model, *settings)
+    if settings not in per_model:
+        per_model[settings] = build(model_ref, *settings)
+    return per_model[settings]
+
+
+def check_positive_int(name, value, minimum=1):
+    """Returns `value` as an int, or raises a ValueError unless it is an integer >= `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}. Received: {name}={value!r}")
+    return int(value)
+
+
+def check_number(name, value, low=None, high=None, low_open=False):
+    """Returns `value` as a float, or raises a ValueError unless it is a real number in range."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and bool(np.isfinite(value))
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        bounds = [f"{'>' if low_open else '>='} {low}"] if low is not None else []
+        bounds += [f"<= {high}"] if high is not None else []
+        raise ValueError(f"{name} must be a number {' and '.join(bounds)}. Received: {name}={value!r}")
+    return float(value)
+
+
+def clean_logits(model, x, y, targets=None):
+    """Runs the model once on `x` and checks the labels against its number of classes.
+
+    Returns:
+        `(logits, targets)`: the float32 logits and the targets as an int32
+        tensor (None when not given).
+
+    Raises:
+        ValueError: if the model does not output `[batch, num_classes]` logits,
+            a label or target is out of range, or a target equals its label.
+    """
+    logits = tf.cast(model(x), tf.float32)
+    if logits.shape.rank != 2 or logits.shape[0] != x.shape[0]:
+        raise ValueError(
+            "The model must map a batch to logits of shape [batch, num_classes]. "
+            f"Received: output shape {tuple(logits.shape)} for input shape {tuple(x.shape)}"
+        )
+    num_classes = logits.shape[1]
+    if x.shape[0] and bool(tf.reduce_any(y >= num_classes)):
+        raise ValueError(f"Labels must be < num_classes={num_classes}. Received: max(y)={int(tf.reduce_max(y))}")
+    if targets is None:
+        return logits, None
+    targets = tf.convert_to_tensor(targets)
+    if targets.dtype.is_floating or targets.dtype == tf.bool or targets.shape != y.shape:
+        raise ValueError(
+            "targets must be integer class labels of the shape of y. "
+            f"Received: targets.dtype={targets.dtype.name}, targets.shape={tuple(targets.shape)}, "
+            f"y.shape={tuple(y.shape)}"
+        )
+    targets = tf.cast(targets, tf.int32)
+    if x.shape[0] and bool(tf.reduce_any((targets < 0) | (targets >= num_classes))):
+        raise ValueError(f"targets must lie in [0, {num_classes - 1}]. Received: {targets.numpy().tolist()}")
+    if bool(tf.reduce_any(targets == y)):
+        raise ValueError("Each target must differ from the true label. Received a target equal to y.")
+    return logits, targets
+
+
+def keep_within_eps(x, x_adv, eps, norm):
+    """Returns `x_adv` where its perturbation is within `eps`, else `x` (eps None: `x_adv`)."""
+    if eps is None:
+        return x_adv
+    within = perturbation_norms(x, x_adv, norm) <= eps
+    return tf.where(tf.reshape(within, [-1] + [1] * (len(x.shape) - 1)), x_adv, x)
+
+
+def per_example(v, rank):
+    """Reshapes a `[batch]` vector to broadcast against a rank-`rank` batch."""
+    return tf.reshape(v, [-1] + [1] * (rank - 1))
