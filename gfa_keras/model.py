@@ -110,6 +110,13 @@ class HardenedModel(keras.Model):
         names = [r.name for r in regularizers]
         if len(set(names)) != len(names):
             raise ValueError(f"Each regularizer may appear once. Received regularizers named: {names}")
+        attacked = perturbation is not None or any(r.needs_logits for r in regularizers)
+        if attacked and len(getattr(base_model, "outputs", None) or [None]) != 1:
+            raise ValueError(
+                "Adversarial training (a perturbation or TradesKL) attacks the model's logits and needs a "
+                f"model with one output. Received: model '{base_model.name}' with "
+                f"{len(base_model.outputs)} outputs"
+            )
         for regularizer in regularizers:
             regularizer.bind(base_model)
         super().__init__(**kwargs)

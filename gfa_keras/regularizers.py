@@ -69,6 +69,7 @@ class Regularizer(abc.ABC):
 
     name = "regularizer"
     needs_input_gradient = False
+    needs_logits = False  # True for penalties that attack the model's (single) logits output
 
     def __init__(self, weight):
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
@@ -205,6 +206,7 @@ class TradesKL(Regularizer):
     """
 
     name = "trades"
+    needs_logits = True
 
     def __init__(self, weight=6.0, eps=8 / 255, step_size=None, steps=10, norm="linf",
                  clip_min=0.0, clip_max=1.0):

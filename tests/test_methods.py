@@ -289,3 +289,32 @@ def test_inner_pgd_respects_eps_and_clip_range_in_both_norms():
 def test_bad_arguments_raise_clear_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call(linear_model())
+
+
+def test_datagrad_multitask_penalty_covers_the_auxiliary_loss_gradient():
+    """Ororbia et al.'s multi-task DataGrad: a second (auxiliary) output with its own loss;
+    the penalty is on the input gradient of the whole loss."""
+    inputs = keras.Input((2, 3))
+    flat = keras.layers.Flatten()(inputs)
+    init = keras.initializers.RandomNormal(stddev=1.0, seed=4)
+    main = keras.layers.Dense(4, kernel_initializer=init, name="main")(flat)
+    aux = keras.layers.Dense(6, kernel_initializer=init, name="aux")(flat)  # reconstructs the input
+    base = keras.Model(inputs, {"main": main, "aux": aux})
+    model = harden(base, method="datagrad", p=2, penalty_weight=0.5)
+    model.compile(optimizer=keras.optimizers.SGD(0.1),
+                  loss={"main": keras.losses.SparseCategoricalCrossentropy(from_logits=True), "aux": "mse"})
+    flat_x = X.reshape(len(X), -1).astype("float64")
+    logs = model.evaluate(X, {"main": Y, "aux": flat_x.astype("float32")}, batch_size=len(X),
+                          return_dict=True, verbose=0)
+
+    w_main, b_main = (v.numpy().astype("float64") for v in base.get_layer("main").weights)
+    w_aux, b_aux = (v.numpy().astype("float64") for v in base.get_layer("aux").weights)
+    g_main = (softmax(flat_x @ w_main + b_main) - np.eye(4)[Y]) @ w_main.T
+    residual = flat_x @ w_aux + b_aux - flat_x
+    g_aux = (2.0 / 6.0) * residual @ w_aux.T  # d mean((xW + b - target)^2) / dx, the target is data
+    expected = np.linalg.norm(g_main + g_aux, axis=1).mean()
+    np.testing.assert_allclose(logs["input_gradient_penalty"], expected, rtol=1e-5)
+    main_only = np.linalg.norm(g_main, axis=1).mean()
+    assert abs(expected - main_only) > 1e-3  # the auxiliary gradient really is part of it
+    with pytest.raises(ValueError, match="needs a model with one output. Received: model .* with 2 outputs"):
+        harden(base, method="pgd", eps=0.1)

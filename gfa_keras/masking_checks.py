@@ -1,0 +1,345 @@
+"""Sanity checks that catch gradient masking and other unreliable evaluations.
+
+After "On Evaluating Adversarial Robustness" (Carlini et al., 2019) and AutoAttack's
+checks. Each check is a small function returning one flag,
+`{"check": name, "status": "ok" | "warn" | "fail", "reason": text}`:
+"fail" where the numbers are impossible for a correct evaluation (accuracy rising
+with eps, above chance at a bound that reaches every image), "warn" where they
+are suspicious. Checks on numbers take accuracies; checks on a model take a small
+sample of data.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = [
+    "SINGLE_STEP_ATTACKS",
+    "large_eps",
+    "check_accuracy_decreases_with_eps",
+    "check_accuracy_at_large_eps",
+    "check_iterative_beats_single_step",
+    "check_black_box_not_stronger",
+    "check_more_iterations_change_little",
+    "check_input_gradients",
+    "check_outputs_are_logits",
+    "check_deterministic",
+]
+
+# Attacks that take one gradient step; any other white-box bounded attack is iterative.
+SINGLE_STEP_ATTACKS = ("fgsm",)
+
+
+def _flag(check, status, reason):
+    return {"check": check, "status": status, "reason": reason}
+
+
+def _pairs(eps, values):
+    if eps is None:
+        eps = list(range(len(values)))
+    if len(eps) != len(values):
+        raise ValueError(
+            "Expected one accuracy per eps. "
+            f"Received: len(eps)={len(eps)}, len(accuracies)={len(values)}"
+        )
+    return list(zip(eps, values))
+
+
+def large_eps(norm: str, input_shape, clip_min: float = 0.0, clip_max: float = 1.0) -> float:
+    """The smallest eps whose ball around any point of the box contains the box's centre.
+
+    At this bound every input can be moved to the same image, so no classifier can
+    keep more accuracy than the share of the class it gives that image.
+
+    Args:
+        norm: `"linf"` or `"l2"`.
+        input_shape: Shape of one input, without the batch axis.
+        clip_min: Lower end of the input box.
+        clip_max: Upper end of the input box.
+
+    Returns:
+        Half the box width for Linf; that times sqrt(input size) for L2.
+
+    Example:
+
+    >>> large_eps("linf", (8, 8, 1))
+    0.5
+    """
+    half = 0.5 * (clip_max - clip_min)
+    if norm == "linf":
+        return half
+    if norm == "l2":
+        return half * math.sqrt(float(np.prod(input_shape)))
+    raise ValueError(f"Unknown norm. Expected 'linf' or 'l2'. Received: norm={norm!r}")
+
+
+def check_accuracy_decreases_with_eps(eps, accuracies, tolerance: float = 0.0) -> dict:
+    """Fails if robust accuracy rises with eps: a larger ball contains every smaller one.
+
+    Args:
+        eps: Increasing perturbation bounds.
+        accuracies: Robust accuracy at each eps.
+        tolerance: Allowed rise, as a fraction of the points.
+
+    Returns:
+        The flag dict.
+
+    Example:
+
+    >>> check_accuracy_decreases_with_eps([0.1, 0.2], [0.5, 0.7])["status"]
+    'fail'
+    """
+    pairs = _pairs(eps, accuracies)
+    rises = [
+        (e0, a0, e1, a1) for (e0, a0), (e1, a1) in zip(pairs, pairs[1:]) if a1 > a0 + tolerance
+    ]
+    if rises:
+        e0, a0, e1, a1 = rises[0]
+        return _flag(
+            "accuracy_decreases_with_eps",
+            "fail",
+            f"Accuracy rises from {a0:.2%} at eps={e0:g} to {a1:.2%} at eps={e1:g}: the attack "
+            "misses points it breaks at a smaller eps (a sign of gradient masking).",
+        )
+    return _flag("accuracy_decreases_with_eps", "ok", "Accuracy does not rise with eps.")
+
+
+def check_accuracy_at_large_eps(accuracy: float, chance_accuracy: float, eps: float | None = None,
+                                tolerance: float = 0.05) -> dict:
+    """Fails if accuracy stays above chance at an eps that reaches every image (see `large_eps`).
+
+    Args:
+        accuracy: Robust accuracy at the large eps.
+        chance_accuracy: Accuracy of the best constant prediction (share of the most
+            frequent class among the points).
+        eps: The bound used, for the message.
+        tolerance: Allowed excess over chance.
+
+    Returns:
+        The flag dict.
+
+    Example:
+
+    >>> check_accuracy_at_large_eps(0.6, chance_accuracy=0.1, eps=0.5)["status"]
+    'fail'
+    """
+    at = "" if eps is None else f" at eps={eps:g}"
+    if accuracy > chance_accuracy + tolerance:
+        return _flag(
+            "accuracy_at_large_eps",
+            "fail",
+            f"Accuracy{at} is {accuracy:.2%}, above chance ({chance_accuracy:.2%}) although this "
+            "bound can move every input to the same image: the attack is failing.",
+        )
+    return _flag("accuracy_at_large_eps", "ok", f"Accuracy{at} is {accuracy:.2%}, at most chance "
+                 f"({chance_accuracy:.2%}) + {tolerance:.0%}.")
+
+
+def _weaker_adds_little(check, weaker_kind, stronger, weaker, eps, accuracy_before, accuracy_after, tolerance):
+    for e, before, after in zip(eps, accuracy_before, accuracy_after):
+        if after < before - tolerance:
+            return _flag(
+                check,
+                "warn",
+                f"{weaker} ({weaker_kind}) lowered the accuracy from {before:.2%} after {stronger} "
+                f"to {after:.2%} at eps={e:g}: the stronger attacks miss points a weaker one finds "
+                "(a sign of gradient masking; try more steps, restarts or an adaptive attack).",
+            )
+    return _flag(check, "ok", f"{weaker} found at most {tolerance:.0%} more points than {stronger}.")
+
+
+def check_iterative_beats_single_step(eps, iterative_accuracy, single_step_accuracy, *,
+                                      iterative: str = "pgd", single_step: str = "fgsm",
+                                      tolerance: float = 0.01) -> dict:
+    """Warns if a single-step attack reaches a lower accuracy than an iterative one.
+
+    Works on standalone accuracies, or on a cascade in which the single-step attack
+    ran after the iterative one (then `single_step_accuracy` is the accuracy after both).
+
+    Args:
+        eps: The perturbation bounds.
+        iterative_accuracy: Accuracy under the iterative attack, per eps.
+        single_step_accuracy: Accuracy under the single-step attack, per eps.
+        iterative: Name of the iterative attack, for the message.
+        single_step: Name of the single-step attack, for the message.
+        tolerance: Allowed difference, as a fraction of the points.
+
+    Returns:
+        The flag dict.
+
+    Example:
+
+    >>> check_iterative_beats_single_step([0.1], [0.4], [0.2])["status"]
+    'warn'
+    """
+    _pairs(eps, iterative_accuracy)
+    _pairs(eps, single_step_accuracy)
+    return _weaker_adds_little("iterative_beats_single_step", "single-step", iterative, single_step,
+                               eps, iterative_accuracy, single_step_accuracy, tolerance)
+
+
+def check_black_box_not_stronger(eps, white_box_accuracy, black_box_accuracy, *,
+                                 white_box: str = "white-box attacks", black_box: str = "square",
+                                 tolerance: float = 0.01) -> dict:
+    """Warns if a black-box (score-based) attack reaches a lower accuracy than the white-box ones.
+
+    Works on standalone accuracies, or on a cascade in which the black-box attack
+    ran after the white-box ones (then `black_box_accuracy` is the accuracy after all).
+
+    Args:
+        eps: The perturbation bounds.
+        white_box_accuracy: Accuracy under the white-box attacks, per eps.
+        black_box_accuracy: Accuracy under the black-box attack, per eps.
+        white_box: Name(s) of the white-box attacks, for the message.
+        black_box: Name of the black-box attack, for the message.
+        tolerance: Allowed difference, as a fraction of the points.
+
+    Returns:
+        The flag dict.
+
+    Example:
+
+    >>> check_black_box_not_stronger([0.1], [0.4], [0.39])["status"]
+    'ok'
+    """
+    _pairs(eps, white_box_accuracy)
+    _pairs(eps, black_box_accuracy)
+    return _weaker_adds_little("black_box_not_stronger", "black-box", white_box, black_box,
+                               eps, white_box_accuracy, black_box_accuracy, tolerance)
+
+
+def check_more_iterations_change_little(accuracy: float, accuracy_more: float, *, attack: str = "attack",
+                                        what: str = "twice the steps", tolerance: float = 0.01) -> dict:
+    """Warns if running the strongest attack longer changes the accuracy by more than `tolerance`.
+
+    Args:
+        accuracy: Accuracy with the evaluation's budget.
+        accuracy_more: Accuracy with the larger budget, on the same points.
+        attack: The attack's name, for the message.
+        what: The larger budget, for the message.
+        tolerance: Allowed change, as a fraction of the points.
+
+    Returns:
+        The flag dict.
+
+    Example:
+
+    >>> check_more_iterations_change_little(0.40, 0.30)["status"]
+    'warn'
+    """
+    if abs(accuracy_more - accuracy) > tolerance:
+        return _flag(
+            "more_iterations_change_little",
+            "warn",
+            f"{attack} with {what} changes the accuracy from {accuracy:.2%} to {accuracy_more:.2%}: "
+            "the attack has not converged; raise steps or restarts.",
+        )
+    return _flag("more_iterations_change_little", "ok",
+                 f"{attack} with {what}: {accuracy:.2%} -> {accuracy_more:.2%}.")
+
+
+def check_input_gradients(model, x, y) -> dict:
+    """Fails on non-finite or all-zero input gradients of the cross-entropy; warns on some zero.
+
+    Zero gradients (rounding, `stop_gradient`, saturated softmax) starve
+    gradient-based attacks and make a model look robust when it is not.
+
+    Args:
+        model: Callable mapping a batch to logits.
+        x: A small batch of inputs.
+        y: Integer labels of `x`.
+
+    Returns:
+        The flag dict.
+
+    Example:
+
+    ```python
+    flag = check_input_gradients(model, x_test[:100], y_test[:100])
+    ```
+    """
+    x = tf.convert_to_tensor(x, tf.float32)
+    y = tf.convert_to_tensor(y, tf.int32)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=model(x))
+    grad = tape.gradient(loss, x)
+    if grad is None:
+        return _flag("input_gradients", "fail", "The loss has no gradient with respect to the input.")
+    grad = tf.reshape(grad, [tf.shape(grad)[0], -1])
+    non_finite = int(tf.reduce_sum(tf.cast(~tf.reduce_all(tf.math.is_finite(grad), axis=1), tf.int32)))
+    zero = int(tf.reduce_sum(tf.cast(tf.reduce_all(grad == 0.0, axis=1), tf.int32)))
+    n = int(grad.shape[0])
+    if non_finite:
+        return _flag("input_gradients", "fail", f"{non_finite} of {n} points have NaN or infinite input gradients.")
+    if zero == n:
+        return _flag("input_gradients", "fail", f"All {n} points have zero input gradients: gradient-based "
+                     "attacks cannot work here (gradient masking); use an adaptive or black-box attack.")
+    if zero:
+        return _flag("input_gradients", "warn", f"{zero} of {n} points have zero input gradients: "
+                     "gradient-based attacks are unreliable on them.")
+    return _flag("input_gradients", "ok", f"Input gradients are finite and non-zero on all {n} points.")
+
+
+def check_outputs_are_logits(model, x, atol: float = 1e-4) -> dict:
+    """Warns if the model outputs probabilities (rows in [0, 1] summing to 1) instead of logits.
+
+    Attack losses expect logits; a softmax output flattens them (saturation).
+
+    Args:
+        model: Callable mapping a batch to its outputs.
+        x: A small batch of inputs.
+        atol: Tolerance for "sums to 1" and "lies in [0, 1]".
+
+    Returns:
+        The flag dict.
+
+    Example:
+
+    ```python
+    flag = check_outputs_are_logits(model, x_test[:100])
+    ```
+    """
+    out = tf.convert_to_tensor(model(tf.convert_to_tensor(x, tf.float32)))
+    in_unit = bool(tf.reduce_all(out >= -atol)) and bool(tf.reduce_all(out <= 1.0 + atol))
+    sums_to_one = bool(tf.reduce_all(tf.abs(tf.reduce_sum(out, axis=-1) - 1.0) <= atol))
+    if in_unit and sums_to_one:
+        return _flag("outputs_are_logits", "warn", "The outputs lie in [0, 1] and every row sums to 1: the "
+                     "model seems to end in a softmax. Evaluate the model without it (logits).")
+    return _flag("outputs_are_logits", "ok", "The outputs are not probability rows.")
+
+
+def check_deterministic(model, x, repeats: int = 3, atol: float = 1e-4) -> dict:
+    """Fails if repeated forward passes on the same inputs disagree (a randomized model).
+
+    Randomized defenses need an evaluation with expectation over the randomness,
+    which a plain attack does not do.
+
+    Args:
+        model: Callable mapping a batch to logits.
+        x: A small batch of inputs.
+        repeats: Forward passes to compare.
+        atol: Allowed difference between the L2-normalized output rows.
+
+    Returns:
+        The flag dict.
+
+    Example:
+
+    ```python
+    flag = check_deterministic(model, x_test[:100])
+    ```
+    """
+    x = tf.convert_to_tensor(x, tf.float32)
+    outputs = []
+    for _ in range(repeats):
+        out = tf.reshape(tf.convert_to_tensor(model(x)), [tf.shape(x)[0], -1])
+        outputs.append(out / (tf.norm(out, axis=1, keepdims=True) + 1e-12))
+    diff = max(float(tf.reduce_max(tf.abs(o - outputs[0]))) for o in outputs[1:])
+    if diff > atol:
+        return _flag("deterministic", "fail", f"{repeats} forward passes on the same inputs differ by up "
+                     f"to {diff:.3g}: the model is randomized (e.g. dropout or noise at inference). "
+                     "Evaluate it with expectation over transformation instead.")
+    return _flag("deterministic", "ok", f"{repeats} forward passes agree.")
