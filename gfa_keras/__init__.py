@@ -5,12 +5,16 @@ robust they are.
   `method=`, PGD adversarial training, TRADES, DataGrad, the hybrid, GFA + PGD).
 - `HardenedModel(base, perturbation=..., regularizers=[...])`: compose your own.
 - `gradient_feature_alignment`, `alignment_penalty`: the penalty for custom loops.
+- `evaluate_robustness(model, (x, y), "autoattack", eps=[...])`: the worst case over an
+  attack cascade on every test point, as a `RobustnessReport` with masking checks.
 """
 from gfa_keras.alignment import alignment_penalty, gradient_feature_alignment
+from gfa_keras.evaluation import PRESETS, evaluate_robustness
 from gfa_keras.methods import METHODS, harden
 from gfa_keras.model import GFAModel, HardenedModel
 from gfa_keras.perturbations import FGSM, PGD
 from gfa_keras.regularizers import GradientFeatureAlignment, InputGradientNorm, TradesKL
+from gfa_keras.report import RobustnessReport
 from gfa_keras.schedules import CyclicLearningRate, PenaltyWarmup
 
 __version__ = "0.1.0"
@@ -29,5 +33,8 @@ __all__ = [
     "CyclicLearningRate",
     "gradient_feature_alignment",
     "alignment_penalty",
+    "evaluate_robustness",
+    "PRESETS",
+    "RobustnessReport",
     "__version__",
 ]

@@ -48,7 +48,7 @@ def evaluate_robustness(
     norm: str = "linf",
     *,
     batch_size: int = 256,
-    steps: int | None = None,
+    steps: int | dict | None = None,
     restarts: int = 1,
     seed: int = 0,
     clip_min: float = 0.0,
@@ -78,7 +78,8 @@ def evaluate_robustness(
         norm: `"linf"` or `"l2"`; every chosen attack must support it.
         batch_size: Points per attack call.
         steps: Iterations passed to attacks that take `steps`; `None` keeps each
-            attack's default.
+            attack's default. A dict `{attack name: steps}` sets them per attack (Square
+            counts queries: give it its own budget, e.g. `{"apgd_ce": 100, "square": 5000}`).
         restarts: Passed to attacks that take `restarts`.
         seed: Base seed; batch `b` of an attack gets `seed + b`.
         clip_min: Lower end of the valid input box.
@@ -122,7 +123,16 @@ def evaluate_robustness(
         )
     _check_int("batch_size", batch_size)
     _check_int("restarts", restarts)
-    if steps is not None:
+    if isinstance(steps, dict):
+        unknown = sorted(set(steps) - {s.name for s in specs + min_specs})
+        if unknown:
+            raise ValueError(
+                f"steps names attacks that are not run. Expected some of {[s.name for s in specs + min_specs]}. "
+                f"Received: {unknown}"
+            )
+        for name, value in steps.items():
+            _check_int(f"steps[{name!r}]", value)
+    elif steps is not None:
         _check_int("steps", steps)
     if num_classes is not None:
         _check_int("num_classes", num_classes)
@@ -306,11 +316,15 @@ class _Runner:
         self.clip_min, self.clip_max, self.num_classes = clip_min, clip_max, num_classes
         self.batch_size, self.verbose = batch_size, verbose
 
+    def steps_for(self, spec):
+        """The evaluation's step budget for `spec` (None: the attack's default)."""
+        return self.steps.get(spec.name) if isinstance(self.steps, dict) else self.steps
+
     def attack(self, spec, x, y, eps, seed, steps=None, restarts=None):
         """Runs one attack on one batch and returns its (unverified) output."""
         params = inspect.signature(spec.fn).parameters
         options = {
-            "steps": steps or self.steps,
+            "steps": steps or self.steps_for(spec),
             "restarts": restarts or self.restarts,
             "num_classes": self.num_classes,
             "seed": seed,
@@ -575,7 +589,7 @@ def _thoroughness_flag(report, specs, run):
     spec = max(white, key=lambda s: sum(by == s.name for by in broken_first_eps))
     params = inspect.signature(spec.fn).parameters
     if "steps" in params:
-        steps = run.steps or params["steps"].default
+        steps = run.steps_for(spec) or params["steps"].default
         if not isinstance(steps, int):
             return _not_checked("more_iterations_change_little", f"{spec.name} has no default steps.")
         budget, more, what = {"steps": steps}, {"steps": 2 * steps}, f"{2 * steps} instead of {steps} steps"

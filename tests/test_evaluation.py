@@ -236,6 +236,8 @@ def test_presets_name_registered_attacks_in_autoattack_order():
         (dict(minimum_norm_attacks=["fgsm"]), "kind 'minimum_norm'"),
         (dict(batch_size=0), "batch_size must be a positive integer"),
         (dict(steps=0), "steps must be a positive integer"),
+        (dict(steps={"must_not_run": 0}), r"steps\['must_not_run'\] must be a positive integer"),
+        (dict(steps={"square": 10}), r"steps names attacks that are not run.*Received: \['square'\]"),
         (dict(num_classes=5), "Labels must be < num_classes=5"),
     ],
 )
@@ -273,3 +275,17 @@ def test_autoattack_preset_runs_the_registered_attacks(trained_digits_model, dat
         assert all(b <= a for a, b in zip(curve, curve[1:]))
         assert report.worst_case_accuracy[i] == curve[-1] < report.clean_accuracy
     assert all(f["status"] == "ok" for f in report.flags), report.flags
+
+
+def test_steps_per_attack_reach_each_attack(trained_digits_model, data):
+    received = {}
+
+    def recording(name):
+        def attack(model, x, y, *, eps, norm="linf", clip_min=0.0, clip_max=1.0, seed=0, steps=3):
+            received.setdefault(name, set()).add(steps)
+            return x
+        return spec(name, attack)
+
+    evaluate_robustness(trained_digits_model, data, [recording("a"), recording("b")], 0.1,
+                        steps={"b": 7}, checks=False, verbose=0)
+    assert received == {"a": {3}, "b": {7}}
