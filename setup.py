@@ -22,6 +22,11 @@ setup(
         "numpy>=1.23",
         "scikit-learn>=1.2",  # ships the embedded default data set (8x8 digits)
         "cleverhans>=4.0",  # FGSM, PGD and MIM are used as they are
+        "keras-tuner>=1.4",
+        # Keras Tuner imports tensorboard inside every trial on TensorFlow and, without
+        # it, marks each trial FAILED while search() returns normally.
+        "tensorboard>=2.16",
+        "matplotlib>=3.5",
     ],
     extras_require={
         "cpu": ["tensorflow-cpu>=2.16"],
