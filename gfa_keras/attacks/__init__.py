@@ -2,6 +2,8 @@
 
 See `gfa_keras.attacks.base` for the signature every attack follows.
 """
+import importlib
+
 from gfa_keras.attacks.base import *  # noqa: F401,F403
 from gfa_keras.attacks.base import __all__ as _base_all
 
@@ -15,20 +17,15 @@ from gfa_keras.attacks.square import *  # noqa: F401,F403
 from gfa_keras.attacks.deepfool import *  # noqa: F401,F403
 from gfa_keras.attacks.ead import *  # noqa: F401,F403
 from gfa_keras.attacks.one_pixel import *  # noqa: F401,F403
-from gfa_keras.attacks import (  # noqa: E402
-    apgd,
-    carlini_wagner,
-    cleverhans_attacks,
-    deepfool,
-    ead,
-    fab,
-    one_pixel,
-    spsa,
-    square,
-)
 
-__all__ = list(_base_all) + [
-    name
-    for module in (cleverhans_attacks, apgd, carlini_wagner, spsa, fab, square, deepfool, ead, one_pixel)
-    for name in module.__all__
+# Modules fetched by path: `from gfa_keras.attacks import spsa` would give the
+# function `spsa` that the star import above bound over the module's name.
+_ATTACK_MODULES = [
+    importlib.import_module(f"gfa_keras.attacks.{module}")
+    for module in (
+        "cleverhans_attacks", "apgd", "carlini_wagner", "spsa", "fab",
+        "square", "deepfool", "ead", "one_pixel",
+    )
 ]
+
+__all__ = list(_base_all) + [name for module in _ATTACK_MODULES for name in module.__all__]

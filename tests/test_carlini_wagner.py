@@ -1,0 +1,98 @@
+"""Carlini-Wagner L2: the analytic minimum distance on a linear model, full success
+on the trained digits MLP with small norms, the eps bound, and failures returned as x."""
+
+import numpy as np
+import pytest
+from linear_attack_cases import BAD_INPUT_IDS, BAD_INPUTS, W, X, Y, call_with, linear_model
+
+from gfa_keras.attacks import ATTACKS, cw_l2, perturbation_norms, pgd
+
+CW_OPTIONS = dict(steps=100, binary_search_steps=6)
+
+
+def test_registered_as_minimum_norm_l2_attack():
+    spec = ATTACKS["cw_l2"]
+    assert (spec.kind, spec.norms, spec.source) == ("minimum_norm", ("l2",), "gfa_keras")
+
+
+@pytest.mark.parametrize("confidence", [0.0, 1.0])
+def test_finds_the_analytic_minimum_distance_on_a_linear_model(confidence):
+    # Distance from x to where z_1 beats z_0 by `confidence` for a binary linear
+    # model: (margin + confidence) / ||w_0 - w_1||, a point inside the box here.
+    bias = np.array([0.5, 0.0], dtype="float32")
+    x, y = X[:1], Y[:1]
+    margin = float(x[0] @ (W[:, 0] - W[:, 1]) + bias[0] - bias[1])
+    distance = (margin + confidence) / np.linalg.norm(W[:, 0] - W[:, 1])
+    model = linear_model(bias=bias)
+    x_adv = cw_l2(model, x, y, steps=200, binary_search_steps=9, confidence=confidence)
+    norm = float(perturbation_norms(x, x_adv, "l2")[0])
+    logits = model(x_adv).numpy()[0]
+    assert logits[1] - logits[0] >= confidence
+    assert distance - 1e-4 <= norm <= 1.01 * distance
+
+
+def test_always_succeeds_on_an_undefended_model_with_small_norms(trained_digits_model, digits):
+    _, (x, y) = digits
+    x, y = x[:40], y[:40]
+    model = trained_digits_model
+    x_adv = cw_l2(model, x, y, **CW_OPTIONS)
+    assert np.all(np.argmax(model(x_adv), axis=1) != y)
+    assert float(np.min(x_adv)) >= 0.0 and float(np.max(x_adv)) <= 1.0
+    # PGD-L2 needs eps 1.5 to fool every point; CW's typical perturbation is far smaller.
+    assert np.all(np.argmax(model(pgd(model, x, y, eps=1.5, norm="l2", steps=20)), axis=1) != y)
+    assert float(np.median(perturbation_norms(x, x_adv, "l2"))) < 0.75
+
+
+def test_eps_bound_keeps_only_the_small_perturbations(trained_digits_model, digits):
+    _, (x, y) = digits
+    x, y = x[:40], y[:40]
+    unbounded = cw_l2(trained_digits_model, x, y, **CW_OPTIONS).numpy()
+    bounded = cw_l2(trained_digits_model, x, y, eps=0.3, **CW_OPTIONS).numpy()
+    within = perturbation_norms(x, unbounded, "l2").numpy() <= 0.3
+    assert 0 < within.sum() < len(x)
+    np.testing.assert_array_equal(bounded[within], unbounded[within])
+    np.testing.assert_array_equal(bounded[~within], x[~within])
+
+
+def test_failures_return_x_unchanged(trained_digits_model, digits):
+    _, (x, y) = digits
+    x, y = x[:20], y[:20]
+    # One step with a negligible constant cannot flip a correct prediction.
+    x_adv = cw_l2(trained_digits_model, x, y, steps=1, binary_search_steps=1, initial_const=1e-6).numpy()
+    correct = np.argmax(trained_digits_model(x), axis=1) == y
+    assert correct.sum() > 10
+    np.testing.assert_array_equal(x_adv[correct], x[correct])
+
+
+def test_batches_of_one_and_of_varying_size(trained_digits_model, digits):
+    # Loop variables must not pin the batch size: a batch of one once broke the trace.
+    _, (x, y) = digits
+    for n in (1, 3, 2):
+        x_adv = cw_l2(trained_digits_model, x[:n], y[:n], steps=20, binary_search_steps=2)
+        assert x_adv.shape == x[:n].shape
+
+
+def test_eps_zero_returns_x_exactly():
+    np.testing.assert_array_equal(cw_l2(linear_model(), X, Y, eps=0.0).numpy(), X)
+
+
+@pytest.mark.parametrize("override,message", BAD_INPUTS, ids=BAD_INPUT_IDS)
+def test_bad_inputs_raise_value_error(override, message):
+    with pytest.raises(ValueError, match=message):
+        call_with(cw_l2, linear_model(), override, norm="l2")
+
+
+@pytest.mark.parametrize(
+    "option,message",
+    [
+        (dict(norm="linf"), "Expected norm='l2'"),
+        (dict(steps=0), "steps must be a positive integer"),
+        (dict(binary_search_steps=0), "binary_search_steps must be a positive integer"),
+        (dict(initial_const=0.0), "initial_const must be > 0"),
+        (dict(learning_rate=-1.0), "learning_rate must be > 0"),
+        (dict(confidence=-1.0), "confidence must be >= 0"),
+    ],
+)
+def test_bad_options_raise_value_error(option, message):
+    with pytest.raises(ValueError, match=message):
+        cw_l2(linear_model(), X, Y, **option)
