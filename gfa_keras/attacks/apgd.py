@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from gfa_keras.attacks._attack_helpers import (
-    broadcast_per_example,
+from gfa_keras.attacks._common import (
     check_positive_int,
+    per_example,
     select_per_example,
     validate_for_model,
 )
@@ -65,7 +65,7 @@ _LOSSES = {"ce": _cross_entropy, "dlr_targeted": _targeted_dlr}
 def _normalize(v, norm):
     flat = tf.reshape(v, [tf.shape(v)[0], -1])
     size = tf.reduce_max(tf.abs(flat), axis=1) if norm == "linf" else tf.norm(flat, axis=1)
-    return v / broadcast_per_example(size + 1e-12, len(v.shape))
+    return v / per_example(size + 1e-12, len(v.shape))
 
 
 @tf.function(reduce_retracing=True)
@@ -93,7 +93,7 @@ def _apgd_run(model, x, y, target, eps, seed, *, norm, steps, loss, hit_target, 
     def ascend(x_adv, grad, step):
         direction = tf.sign(grad) if norm == "linf" else _normalize(grad, "l2")
         return project(
-            x_adv + broadcast_per_example(step, rank) * direction, x, eps, norm, clip_min, clip_max
+            x_adv + per_example(step, rank) * direction, x, eps, norm, clip_min, clip_max
         )
 
     if norm == "linf":

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from gfa_keras.attacks._attack_helpers import (
+from gfa_keras.attacks._common import (
     adam_update,
     check_positive_int,
     margin,

@@ -17,7 +17,7 @@ from cleverhans.tf2.attacks.fast_gradient_method import fast_gradient_method
 from cleverhans.tf2.attacks.momentum_iterative_method import momentum_iterative_method
 from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
 
-from gfa_keras.attacks._attack_helpers import check_positive_int, select_per_example, validate_for_model
+from gfa_keras.attacks._common import check_positive_int, select_per_example, validate_for_model
 from gfa_keras.attacks.base import project, register_attack
 
 __all__ = ["fgsm", "pgd", "bim", "mim"]

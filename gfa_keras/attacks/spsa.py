@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from gfa_keras.attacks._attack_helpers import (
+from gfa_keras.attacks._common import (
     adam_update,
     check_positive_int,
     margin,
