@@ -39,6 +39,7 @@ setup(
             "importlib_resources",
         ],
     },
+    entry_points={"console_scripts": ["gfa-keras=gfa_keras.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Framework :: Keras",
