@@ -312,3 +312,24 @@ def test_other_backend_raises_runtime_error_with_the_fix(monkeypatch):
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     with pytest.raises(RuntimeError, match="KERAS_BACKEND=tensorflow.*Received: keras.backend.backend\\(\\)='jax'"):
         harden(tiny_sequential())
+
+
+def test_class_weight_reaches_the_task_loss_and_the_penalty():
+    class_weight = {0: 2.0, 1: 0.5, 2: 1.0, 3: 0.0}
+    model = compiled(harden(tiny_sequential(), layers=2, penalty_weight=0.5), keras.optimizers.SGD(0.0))
+    history = model.fit(X, Y, batch_size=len(X), epochs=1, class_weight=class_weight, shuffle=False, verbose=0)
+    sw = np.array([class_weight[int(c)] for c in Y], "float32")
+    loss, _, penalty = numpy_reference(model.base_model, X, Y, sample_weight=sw)
+    np.testing.assert_allclose(history.history["task_loss"][0], loss, rtol=1e-5)
+    np.testing.assert_allclose(history.history["gfa_penalty"][0], penalty, rtol=1e-4)
+
+
+def test_default_taps_are_kernel_layers_not_batch_normalization():
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(4, 3, name="conv_a")(inputs)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.Conv2D(4, 3, name="conv_b")(keras.layers.ReLU()(h))
+    h = keras.layers.LayerNormalization(name="ln")(h)
+    outputs = keras.layers.Dense(10, name="head")(keras.layers.Flatten()(h))
+    model = harden(keras.Model(inputs, outputs), layers=3)
+    assert model.tapped_layers == ("conv_a", "conv_b", "head")
