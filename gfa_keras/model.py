@@ -56,6 +56,17 @@ def _num_replicas():
     return tf.distribute.get_strategy().num_replicas_in_sync
 
 
+def _multi_worker(strategy):
+    """True when `strategy` is a MultiWorkerMirroredStrategy spanning several workers
+    (the condition Keras' trainer itself tests)."""
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
+        strategy.extended._in_multi_worker_mode()
+
+
+def _as_vector(value):
+    return tf.reshape(value, [-1]) if isinstance(value, tf.Tensor) and value.shape.rank == 0 else value
+
+
 def _serialize(obj):
     return keras.saving.serialize_keras_object(obj)
 
@@ -81,6 +92,10 @@ class HardenedModel(keras.Model):
     (unweighted), `<name>_weight` (its current weight), `alignment_<layer>` for GFA,
     and the compiled metrics; the same with `val_` on validation data. Validation runs
     on clean data (no perturbation); `TradesKL` runs its own attack there too.
+
+    Trains under `tf.distribute` (`MirroredStrategy`, `MultiWorkerMirroredStrategy`:
+    build and compile it in `strategy.scope()`), in mixed precision and with
+    `jit_compile=True`; see docs/SCALING.md.
 
     Example:
 
@@ -229,6 +244,14 @@ class HardenedModel(keras.Model):
         for name, tracker in self._weight_trackers.items():
             tracker.update_state(self.penalty_weights[name])
 
+    def _step_logs(self, x, y, y_pred, sample_weight):
+        logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        if _multi_worker(self.distribute_strategy):
+            # Keras 3 averages step outputs across workers with strategy.reduce(axis=0),
+            # which fails on scalars (keras-team/keras#20585): give it vectors of one.
+            logs = tf.nest.map_structure(_as_vector, logs)
+        return logs
+
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as outer:
@@ -237,13 +260,28 @@ class HardenedModel(keras.Model):
         variables = self.trainable_variables
         self.optimizer.apply(outer.gradient(scaled_total, variables), variables)
         self._update_trackers(x, total, task_loss, logs)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        return self._step_logs(x, y, y_pred, sample_weight)
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         total, task_loss, logs, y_pred = self._total_loss(x, y, sample_weight, training=False)
         self._update_trackers(x, total, task_loss, logs)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        return self._step_logs(x, y, y_pred, sample_weight)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3 learns the batch shapes by reducing one distributed batch with
+        # strategy.reduce, which MultiWorkerMirroredStrategy rejects for a tuple
+        # (keras-team/keras#20585); one replica's share has the same shapes.
+        strategy = self.distribute_strategy
+        if iterator is not None and _multi_worker(strategy):
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda v: strategy.experimental_local_results(v)[0]
+                    if isinstance(v, tf.distribute.DistributedValues) else v,
+                    next(batches))
+                break
+            iterator = None
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def get_config(self):
         config = super().get_config()

@@ -220,12 +220,27 @@ class TradesKL(Regularizer):
         # perturbed batch (TRADES combined with adversarial training).
         logits_clean = step.y_pred if step.x is step.clean_x else base(step.clean_x, training=step.training)
         p_clean = tf.nn.softmax(tf.cast(logits_clean, tf.float32))
-        a = self.attack
         x = tf.stop_gradient(tf.cast(step.clean_x, tf.float32))
-        start = tf.clip_by_value(x + 0.001 * tf.random.normal(tf.shape(x)), a.clip_min, a.clip_max)
-        x_adv = a(base, x, tf.stop_gradient(p_clean), objective=_kl_per_example, start=start)
+        x_adv = self.attack(base, x, tf.stop_gradient(p_clean), objective=_kl_per_example,
+                            start=self.attack_start(x))
         logits_adv = base(x_adv, training=step.training)
         return tf.reduce_mean(_kl_per_example(p_clean, logits_adv)), {}
+
+    def attack_start(self, x):
+        """Where the KL attack starts: x + 0.001 N(0, 1) in the clip box (at x itself the
+        KL's gradient is zero).
+
+        Under tf.distribute the noise is drawn per replica, so it depends on how the
+        batch is split; a subclass can override this for a deterministic start.
+
+        Args:
+            x: The clean batch, float32.
+
+        Returns:
+            The starting points, shaped like `x`.
+        """
+        a = self.attack
+        return tf.clip_by_value(x + 0.001 * tf.random.normal(tf.shape(x)), a.clip_min, a.clip_max)
 
     def get_config(self):
         a = self.attack

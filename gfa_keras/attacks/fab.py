@@ -224,6 +224,10 @@ def _build_fab_run(model_ref, norm, steps, alpha_max, eta, beta, clip_min, clip_
         flat0 = tf.reshape(x0, [batch, -1])
         x1 = tf.reshape(start, [batch, -1])
         for _ in tf.range(steps):
+            # With a batch of 1, tf.where's broadcasting makes the batch dimension unknown after one step.
+            tf.autograph.experimental.set_loop_options(shape_invariants=[
+                (x1, tf.TensorShape([None, *x1.shape[1:]])), (best_norm, tf.TensorShape([None])),
+                (best_adv, tf.TensorShape([None, *best_adv.shape[1:]]))])
             diff, grad = _nearest_boundary(model, x1, shape, y, targets, targeted, hit_target, norm)
             # The hyperplane diff + grad . (z - x1) = 0, reached from x1 and from x0.
             required = tf.concat([-diff, -diff - tf.reduce_sum(grad * (flat0 - x1), axis=1)], axis=0)
