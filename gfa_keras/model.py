@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from gfa_keras.perturbations import Perturbation
 from gfa_keras.regularizers import GradientFeatureAlignment, Regularizer, StepTensors
-from gfa_keras.taps import MODEL_INPUT, build_feature_extractor, is_graph_model
+from gfa_keras.taps import MODEL_INPUT, build_feature_extractor
 
 __all__ = ["HardenedModel", "GFAModel"]
 

@@ -16,7 +16,7 @@ import keras
 import tensorflow as tf
 
 from gfa_keras.alignment import alignment_penalty
-from gfa_keras.perturbations import PGD, _finite_positive
+from gfa_keras.perturbations import PGD
 from gfa_keras.taps import resolve_tapped_layers
 
 __all__ = [

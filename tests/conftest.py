@@ -5,9 +5,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras
-import numpy as np
 import pytest
-import tensorflow as tf
 from sklearn.datasets import load_digits
 
 

@@ -6,16 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from gfa_keras import (
-    PGD,
-    GFAModel,
-    GradientFeatureAlignment,
-    HardenedModel,
-    InputGradientNorm,
-    PenaltyWarmup,
-    TradesKL,
-    harden,
-)
+from gfa_keras import PGD, GradientFeatureAlignment, HardenedModel, InputGradientNorm, PenaltyWarmup, harden
 from gfa_keras.methods import METHODS
 
 RNG = np.random.default_rng(11)
