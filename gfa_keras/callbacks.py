@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from gfa_keras.attacks import ATTACKS, NORMS, get_attack
-from gfa_keras.attacks._common import check_number, check_positive_int
+from gfa_keras._checks import check_number, check_positive_int
 from gfa_keras.evaluation import evaluate_robustness
 
 __all__ = ["RobustAccuracy"]

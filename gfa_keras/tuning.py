@@ -41,8 +41,8 @@ import numpy as np
 
 from gfa_keras import plots
 from gfa_keras.attacks import ATTACKS, NORMS, get_attack
-from gfa_keras.attacks._common import check_number as _check_number
-from gfa_keras.attacks._common import check_positive_int as _check_int
+from gfa_keras._checks import check_number as _check_number
+from gfa_keras._checks import check_positive_int as _check_int
 from gfa_keras.callbacks import RobustAccuracy
 from gfa_keras.methods import DEFAULT_PENALTY_WEIGHTS, METHODS, harden
 from gfa_keras.model import check_base_model
