@@ -35,6 +35,7 @@ setup(
         "tfds": ["tensorflow-datasets>=4.9", "importlib_resources"],
         "test": [
             "pytest>=7",
+            "websocket-client>=1.6",  # drives headless Chromium in the HTML report test
             "tensorflow-datasets>=4.9",
             "importlib_resources",
         ],

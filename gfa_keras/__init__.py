@@ -7,8 +7,11 @@ robust they are.
 - `gradient_feature_alignment`, `alignment_penalty`: the penalty for custom loops.
 - `evaluate_robustness(model, (x, y), "autoattack", eps=[...])`: the worst case over an
   attack cascade on every test point, as a `RobustnessReport` with masking checks.
+- `tune(model, x, y, validation_data=...)`: the beta search with Keras Tuner;
+  `RobustAccuracy`: a callback that logs `val_robust_accuracy`.
 """
 from gfa_keras.alignment import alignment_penalty, gradient_feature_alignment
+from gfa_keras.callbacks import RobustAccuracy
 from gfa_keras.evaluation import PRESETS, evaluate_robustness
 from gfa_keras.methods import METHODS, harden
 from gfa_keras.model import GFAModel, HardenedModel
@@ -16,6 +19,7 @@ from gfa_keras.perturbations import FGSM, PGD
 from gfa_keras.regularizers import GradientFeatureAlignment, InputGradientNorm, TradesKL
 from gfa_keras.report import RobustnessReport
 from gfa_keras.schedules import CyclicLearningRate, PenaltyWarmup
+from gfa_keras.tuning import GFAHyperModel, TuningResult, tune
 
 __version__ = "0.1.0"
 
@@ -31,6 +35,10 @@ __all__ = [
     "TradesKL",
     "PenaltyWarmup",
     "CyclicLearningRate",
+    "RobustAccuracy",
+    "tune",
+    "GFAHyperModel",
+    "TuningResult",
     "gradient_feature_alignment",
     "alignment_penalty",
     "evaluate_robustness",
