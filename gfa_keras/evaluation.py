@@ -77,9 +77,10 @@ def evaluate_robustness(
         eps: A bound or a strictly increasing list of bounds, one cascade each.
         norm: `"linf"` or `"l2"`; every chosen attack must support it.
         batch_size: Points per attack call.
-        steps: Iterations passed to attacks that take `steps`; `None` keeps each
-            attack's default. A dict `{attack name: steps}` sets them per attack (Square
-            counts queries: give it its own budget, e.g. `{"apgd_ce": 100, "square": 5000}`).
+        steps: Iterations of the white-box attacks in the bounded cascade; `None`
+            keeps each attack's default. Black-box attacks (Square counts queries) and
+            the unbounded minimum-norm runs keep their defaults unless a dict
+            `{attack name: steps}` names them, e.g. `{"apgd_ce": 100, "square": 5000}`.
         restarts: Passed to attacks that take `restarts`.
         seed: Base seed; batch `b` of an attack gets `seed + b`.
         clip_min: Lower end of the valid input box.
@@ -316,15 +317,21 @@ class _Runner:
         self.clip_min, self.clip_max, self.num_classes = clip_min, clip_max, num_classes
         self.batch_size, self.verbose = batch_size, verbose
 
-    def steps_for(self, spec):
-        """The evaluation's step budget for `spec` (None: the attack's default)."""
-        return self.steps.get(spec.name) if isinstance(self.steps, dict) else self.steps
+    def steps_for(self, spec, cascade=True):
+        """The evaluation's step budget for `spec` (None: the attack's default).
 
-    def attack(self, spec, x, y, eps, seed, steps=None, restarts=None):
+        A dict names attacks explicitly. An int applies to the white-box attacks of the
+        bounded cascade only: black-box attacks count queries, and the unbounded
+        minimum-norm runs need their own iterations to converge."""
+        if isinstance(self.steps, dict):
+            return self.steps.get(spec.name)
+        return self.steps if cascade and spec.white_box else None
+
+    def attack(self, spec, x, y, eps, seed, steps=None, restarts=None, cascade=True):
         """Runs one attack on one batch and returns its (unverified) output."""
         params = inspect.signature(spec.fn).parameters
         options = {
-            "steps": steps or self.steps_for(spec),
+            "steps": steps or self.steps_for(spec, cascade),
             "restarts": restarts or self.restarts,
             "num_classes": self.num_classes,
             "seed": seed,
@@ -369,7 +376,7 @@ class _Runner:
         bar = _progress(len(batches), stage["batches_done"], f"{spec.name} (minimum norm)", self.verbose)
         for b in range(stage["batches_done"], len(batches)):
             x, y = tf.gather(self.x, batches[b]), tf.gather(self.y, batches[b])
-            x_adv = self.attack(spec, x, y, None, self.seed + b)
+            x_adv = self.attack(spec, x, y, None, self.seed + b, cascade=False)
             ok = _verified_breaks(self.model, x, x_adv, y, None, self.norm, self.clip_min, self.clip_max)
             norms = np.where(ok, perturbation_norms(x, x_adv, self.norm).numpy(), np.inf)
             # JSON has no inf: a failure is stored as None.

@@ -289,3 +289,19 @@ def test_steps_per_attack_reach_each_attack(trained_digits_model, data):
     evaluate_robustness(trained_digits_model, data, [recording("a"), recording("b")], 0.1,
                         steps={"b": 7}, checks=False, verbose=0)
     assert received == {"a": {3}, "b": {7}}
+
+
+def test_an_int_steps_reaches_white_box_cascade_attacks_only(trained_digits_model, data):
+    received = {}
+
+    def recording(name, **kwargs):
+        def attack(model, x, y, *, eps, norm="linf", clip_min=0.0, clip_max=1.0, seed=0, steps=3):
+            received.setdefault(name, set()).add(steps)
+            return x
+        return spec(name, attack, **kwargs)
+
+    evaluate_robustness(trained_digits_model, data,
+                        [recording("white"), recording("black", white_box=False)], 0.1,
+                        minimum_norm_attacks=[recording("min_norm", kind="minimum_norm")],
+                        steps=9, checks=False, verbose=0)
+    assert received == {"white": {9}, "black": {3}, "min_norm": {3}}
