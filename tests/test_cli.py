@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -241,3 +242,11 @@ def test_ctrl_c_exits_130_with_how_to_continue(monkeypatch, capsys):
 def test_traceback_flag_shows_the_exception_instead(tmp_path):
     with pytest.raises(CommandError, match="Model file not found"):
         main(["--traceback", "evaluate", str(tmp_path / "missing.keras"), "--out", str(tmp_path)])
+
+
+def test_installed_console_script_is_the_same_command():
+    """`pip install` puts `gfa-keras` beside the interpreter; it must reach `cli.main`."""
+    script = Path(sys.executable).parent / "gfa-keras"
+    result = subprocess.run([str(script), "report", "--help"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == EXIT_OK, result.stderr[-2000:]
+    assert "usage: gfa-keras report" in result.stdout
