@@ -105,11 +105,16 @@ def select_per_example(take, new, old):
     return tf.where(per_example(take, len(new.shape)), new, old)
 
 
-def margin(logits, y):
-    """Per-example `z_y - max_{j != y} z_j`: negative exactly when the model is fooled."""
-    true_logit = tf.gather(logits, y, axis=1, batch_dims=1)
-    others = tf.where(tf.one_hot(y, tf.shape(logits)[1]) > 0, -float("inf"), logits)
-    return true_logit - tf.reduce_max(others, axis=1)
+def margin(logits, y, targets=None):
+    """Per-example margin, negative exactly when the attack has succeeded.
+
+    Untargeted: `z_y - max_{j != y} z_j` (negative once the model is fooled). With
+    `targets`: `max_{j != t} z_j - z_t` (negative once the target wins).
+    """
+    wanted = y if targets is None else targets
+    wanted_logit = tf.gather(logits, wanted, axis=1, batch_dims=1)
+    rivals = tf.reduce_max(tf.where(tf.one_hot(wanted, tf.shape(logits)[1]) > 0, -float("inf"), logits), axis=1)
+    return wanted_logit - rivals if targets is None else rivals - wanted_logit
 
 
 def adam_update(grad, m, v, t, learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-8):

@@ -108,7 +108,7 @@ def ead(
         _build_fista,
     )
     batch = x.shape[0]
-    already = _margin(logits, y, targets, hit_target) < 0
+    already = _common.margin(logits, y, targets if hit_target else None) < 0
     best_distance = tf.where(already, 0.0, float("inf"))
     best_adv = x
     const = tf.fill([batch], initial_const)
@@ -119,15 +119,6 @@ def ead(
         lower = tf.where(succeeded, lower, tf.maximum(lower, const))
         const = tf.where(upper < 1e9, (lower + upper) / 2, const * 10)
     return _common.keep_within_eps(x, best_adv, eps, norm)
-
-
-def _margin(logits, y, targets, hit_target):
-    """Carlini-Wagner margin: negative exactly when the attack has succeeded."""
-    num_classes = tf.shape(logits)[1]
-    wanted = targets if hit_target else y
-    wanted_logit = tf.gather(logits, wanted[:, None], batch_dims=1)[:, 0]
-    rivals = tf.reduce_max(tf.where(tf.one_hot(wanted, num_classes) > 0, -float("inf"), logits), axis=1)
-    return rivals - wanted_logit if hit_target else wanted_logit - rivals
 
 
 def _build_fista(model_ref, steps, beta, confidence, learning_rate, decision_rule, hit_target, clip_min, clip_max):
@@ -142,7 +133,7 @@ def _build_fista(model_ref, steps, beta, confidence, learning_rate, decision_rul
             progress = tf.cast(k, tf.float32) / steps
             with tf.GradientTape() as tape:
                 tape.watch(slack)
-                margin = _margin(tf.cast(model(slack), tf.float32), y, targets, hit_target)
+                margin = _common.margin(tf.cast(model(slack), tf.float32), y, targets if hit_target else None)
                 smooth = const * tf.maximum(margin, -confidence) + tf.reduce_sum(tf.square(slack - x), axis=axes)
             grad = tape.gradient(smooth, slack)
             moved = slack - learning_rate * tf.sqrt(1.0 - progress) * grad
@@ -153,7 +144,7 @@ def _build_fista(model_ref, steps, beta, confidence, learning_rate, decision_rul
             slack = shrunk + momentum * (shrunk - current)
             current = shrunk
 
-            success = _margin(tf.cast(model(current), tf.float32), y, targets, hit_target) + confidence < 0
+            success = _common.margin(tf.cast(model(current), tf.float32), y, targets if hit_target else None) + confidence < 0
             l1 = tf.reduce_sum(tf.abs(current - x), axis=axes)
             distance = l1 if decision_rule == "L1" else beta * l1 + tf.reduce_sum(tf.square(current - x), axis=axes)
             better = success & (distance < best_distance)

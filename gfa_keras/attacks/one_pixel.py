@@ -101,15 +101,6 @@ def one_pixel(
     return tf.reshape(x_adv, tf.shape(x))
 
 
-def _margin(logits, y, targets, hit_target):
-    """Positive while the attack has not succeeded."""
-    num_classes = tf.shape(logits)[1]
-    wanted = targets if hit_target else y
-    wanted_logit = tf.gather(logits, wanted[:, None], batch_dims=1)[:, 0]
-    rivals = tf.reduce_max(tf.where(tf.one_hot(wanted, num_classes) > 0, -float("inf"), logits), axis=1)
-    return rivals - wanted_logit if hit_target else wanted_logit - rivals
-
-
 def _build_evolution(model_ref, steps, pixels, population, mutation, change, clip_min, clip_max, hit_target):
     def apply(x, candidates):
         """Images `[n, population, h, w, c]` with each candidate's pixels changed."""
@@ -132,7 +123,7 @@ def _build_evolution(model_ref, steps, pixels, population, mutation, change, cli
         shape = tf.shape(images)
         logits = tf.cast(model(tf.reshape(images, tf.concat([[-1], shape[2:]], 0))), tf.float32)
         repeat = lambda v: tf.reshape(tf.tile(v[:, None], [1, population]), [-1])  # noqa: E731
-        return tf.reshape(_margin(logits, repeat(y), repeat(targets), hit_target), [-1, population])
+        return tf.reshape(_common.margin(logits, repeat(y), repeat(targets) if hit_target else None), [-1, population])
 
     @tf.function(reduce_retracing=True)
     def run(x, y, targets, seed):

@@ -156,18 +156,6 @@ def _random_signs(shape, seed):
     return tf.sign(tf.random.stateless_uniform(shape, tf.stack(seed), -1.0, 1.0) + 1e-12)
 
 
-def _margin(logits, y, targets, hit_target):
-    """Positive while the attack has not succeeded."""
-    num_classes = tf.shape(logits)[1]
-    if hit_target:
-        target_logit = tf.gather(logits, targets[:, None], batch_dims=1)[:, 0]
-        rivals = tf.where(tf.one_hot(targets, num_classes) > 0, -float("inf"), logits)
-        return tf.reduce_max(rivals, axis=1) - target_logit
-    true_logit = tf.gather(logits, y[:, None], batch_dims=1)[:, 0]
-    others = tf.where(tf.one_hot(y, num_classes) > 0, -float("inf"), logits)
-    return true_logit - tf.reduce_max(others, axis=1)
-
-
 def _window(top, left, side, height, width):
     """`[n, height, width, 1]` float masks of the `side`-square at (top, left)."""
     rows = tf.range(height)[None, :]
@@ -221,7 +209,7 @@ def _build_square(model_ref, norm, clip_min, clip_max, hit_target):
     @tf.function(reduce_retracing=True)
     def run(x, y, targets, x_best, eps, sizes, size_index, table, seed):
         model = model_ref()
-        margin = _margin(tf.cast(model(x_best), tf.float32), y, targets, hit_target)
+        margin = _common.margin(tf.cast(model(x_best), tf.float32), y, targets if hit_target else None)
         for i in tf.range(tf.shape(sizes)[0]):
             active = tf.where(margin >= 0)[:, 0]
             if tf.size(active) == 0:
@@ -233,7 +221,7 @@ def _build_square(model_ref, norm, clip_min, clip_max, hit_target):
                 candidate = linf_update(xa, best, eps, sizes[i], seeds)
             else:
                 candidate = l2_update(xa, best - xa, eps, sizes[i], table[size_index[i]], seeds)
-            new_margin = _margin(tf.cast(model(candidate), tf.float32), ya, ta, hit_target)
+            new_margin = _common.margin(tf.cast(model(candidate), tf.float32), ya, ta if hit_target else None)
             old_margin = tf.gather(margin, active)
             kept = tf.where((new_margin < old_margin)[:, None, None, None], candidate, best)
             x_best = tf.tensor_scatter_nd_update(x_best, active[:, None], kept)
