@@ -129,3 +129,12 @@ def adam_update(grad, m, v, t, learning_rate, beta_1=0.9, beta_2=0.999, epsilon=
     m_hat = m / (1.0 - beta_1**t)
     v_hat = v / (1.0 - beta_2**t)
     return learning_rate * m_hat / (tf.sqrt(v_hat) + epsilon), m, v
+
+
+def require_image_batch(attack, x):
+    """Raises a ValueError unless `x` is `[batch, height, width(, channels)]` (patch-based attacks)."""
+    if x.shape.rank not in (3, 4):
+        raise ValueError(
+            f"{attack} needs a batch of images [batch, height, width(, channels)]. "
+            f"Received: x.shape={tuple(x.shape)}"
+        )

@@ -82,11 +82,7 @@ def one_pixel(
     pixels = _common.check_positive_int("pixels", pixels)
     population = _common.check_positive_int("population", population, minimum=4)
     mutation = _common.check_number("mutation", mutation, low=0.0, high=2.0, low_open=True)
-    if x.shape.rank not in (3, 4):
-        raise ValueError(
-            "one_pixel needs a batch of images [batch, height, width(, channels)]. "
-            f"Received: x.shape={tuple(x.shape)}"
-        )
+    _common.require_image_batch("one_pixel", x)
     if x.shape[0] == 0 or eps == 0:
         return tf.identity(x)
     _, targets = _common.clean_logits(model, x, y, targets)

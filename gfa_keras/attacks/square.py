@@ -73,11 +73,7 @@ def square(
     x, y = validate_attack_inputs(x, y, eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max)
     steps = _common.check_positive_int("steps", steps)
     p_init = _common.check_number("p_init", p_init, low=0.0, high=1.0, low_open=True)
-    if x.shape.rank not in (3, 4):
-        raise ValueError(
-            "square needs a batch of images [batch, height, width(, channels)]. "
-            f"Received: x.shape={tuple(x.shape)}"
-        )
+    _common.require_image_batch("square", x)
     if x.shape[0] == 0 or eps == 0:
         return tf.identity(x)
     _, targets = _common.clean_logits(model, x, y, targets)
