@@ -24,7 +24,7 @@ docs/RESULTS.md gives the commands and the results of the runs made for it.
 Losses: the GFA family (and the plain model they are compared with) uses the
 paper's MSE between the logits and one-hot labels; PGD training, TRADES, DataGrad
 and the hybrid use cross-entropy on logits, as in their own papers. The inner
-maximisation of PGD/TRADES always uses cross-entropy (see `gfa_keras.perturbations`).
+maximisation of PGD/TRADES always uses cross-entropy (see `gfa_keras.training.perturbations`).
 """
 from __future__ import annotations
 
@@ -41,9 +41,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from gfa_keras import evaluate_robustness, harden  # noqa: E402
-from gfa_keras.methods import DEFAULT_PENALTY_WEIGHTS  # noqa: E402
+from gfa_keras.training.methods import DEFAULT_PENALTY_WEIGHTS  # noqa: E402
 from gfa_keras.data import load_dataset  # noqa: E402
-from gfa_keras.report import RobustnessReport  # noqa: E402
+from gfa_keras.evaluation.report import RobustnessReport  # noqa: E402
 
 __all__ = ["METHODS", "SETTINGS", "main"]
 
@@ -346,8 +346,8 @@ def table(args):
 
 
 def plot(reports, directory, prefix):
-    """Robust accuracy vs eps (the APGD-CE sweep) and minimum-norm ECDFs, with `gfa_keras.plots`."""
-    from gfa_keras.plots import plot_minimum_norms, plot_robust_accuracy
+    """Robust accuracy vs eps (the APGD-CE sweep) and minimum-norm ECDFs, with `gfa_keras.reports.plots`."""
+    from gfa_keras.reports.plots import plot_minimum_norms, plot_robust_accuracy
 
     Path(directory).mkdir(parents=True, exist_ok=True)
     sweeps = {m: ev["sweep"] for m, ev in reports.items() if "sweep" in ev}

@@ -24,7 +24,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import gfa_keras  # noqa: E402
-from gfa_keras import html_report, plots  # noqa: E402
+from gfa_keras.reports import html_report, plots  # noqa: E402
 from gfa_keras.architectures import build_architecture  # noqa: E402
 from gfa_keras.data import load_dataset  # noqa: E402
 

@@ -4,7 +4,7 @@ Description: Search the penalty weight on a log scale (and FIRST vs DEEP) for th
     balance of clean and robust validation accuracy, then evaluate the best model on
     the test set, which the search never saw.
 
-What it shows: `gfa_keras.tuning.tune(...)`, one call over Keras Tuner that measures
+What it shows: `gfa_keras.tuning.search.tune(...)`, one call over Keras Tuner that measures
 every trial's clean and robust accuracy (APGD-CE) at the end of each epoch, the
 trials as a table and a clean-vs-robust scatter with the Pareto front, and why the
 winner still needs the strict evaluation. The 8x8 digits ship with scikit-learn;
@@ -22,10 +22,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 
 import gfa_keras  # noqa: E402
-from gfa_keras import html_report  # noqa: E402
+from gfa_keras.reports import html_report  # noqa: E402
 from gfa_keras.architectures import build_architecture  # noqa: E402
 from gfa_keras.data import load_dataset  # noqa: E402
-from gfa_keras.tuning import tune  # noqa: E402
+from gfa_keras.tuning.search import tune  # noqa: E402
 
 
 def parse_args():

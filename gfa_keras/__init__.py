@@ -9,19 +9,57 @@ robust they are.
   attack cascade on every test point, as a `RobustnessReport` with masking checks.
 - `tune(model, x, y, validation_data=...)`: the beta search with Keras Tuner;
   `RobustAccuracy`: a callback that logs `val_robust_accuracy`.
+
+The package, from the bottom up: `validation` and `threat_model` (shared checks and
+geometry), `training/`, `attacks/`, `evaluation/`, `tuning/`, `reports/`, `cli/`; imports
+only point down. Training is imported at once (its classes must be registered before a
+`.keras` file loads); the evaluation (and with it cleverhans), the tuner and plotting are
+imported when first used.
 """
-from gfa_keras.alignment import alignment_penalty, gradient_feature_alignment
-from gfa_keras.callbacks import RobustAccuracy
-from gfa_keras.evaluation import PRESETS, evaluate_robustness
-from gfa_keras.methods import METHODS, harden
-from gfa_keras.model import GFAModel, HardenedModel
-from gfa_keras.perturbations import FGSM, PGD
-from gfa_keras.regularizers import GradientFeatureAlignment, InputGradientNorm, TradesKL
-from gfa_keras.report import RobustnessReport
-from gfa_keras.schedules import CyclicLearningRate, PenaltyWarmup
-from gfa_keras.tuning import GFAHyperModel, TuningResult, tune
+import importlib
+
+from gfa_keras.training import (
+    FGSM,
+    PGD,
+    CyclicLearningRate,
+    GFAModel,
+    GradientFeatureAlignment,
+    HardenedModel,
+    InputGradientNorm,
+    METHODS,
+    PenaltyWarmup,
+    TradesKL,
+    alignment_penalty,
+    gradient_feature_alignment,
+    harden,
+)
 
 __version__ = "0.1.0"
+
+# Public names whose modules are heavy (cleverhans, Keras Tuner, matplotlib): imported
+# on first access.
+_LAZY = {
+    "evaluate_robustness": "gfa_keras.evaluation",
+    "PRESETS": "gfa_keras.evaluation",
+    "RobustnessReport": "gfa_keras.evaluation",
+    "RobustAccuracy": "gfa_keras.evaluation",
+    "tune": "gfa_keras.tuning",
+    "GFAHyperModel": "gfa_keras.tuning",
+    "TuningResult": "gfa_keras.tuning",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'gfa_keras' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "harden",

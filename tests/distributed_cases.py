@@ -14,8 +14,8 @@ import numpy as np
 import tensorflow as tf
 
 from gfa_keras import HardenedModel, harden
-from gfa_keras.perturbations import PGD
-from gfa_keras.regularizers import GradientFeatureAlignment, InputGradientNorm, TradesKL
+from gfa_keras.training.perturbations import PGD
+from gfa_keras.training.regularizers import GradientFeatureAlignment, InputGradientNorm, TradesKL
 
 GLOBAL_BATCH = 16
 EPOCHS = 2

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gfa_keras.alignment import alignment_penalty, gradient_feature_alignment
+from gfa_keras.training.alignment import alignment_penalty, gradient_feature_alignment
 
 RNG = np.random.default_rng(7)
 G1 = RNG.normal(size=(4, 3, 2)).astype("float32")

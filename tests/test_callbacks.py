@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import make_mlp
-from gfa_keras.callbacks import RobustAccuracy
-from gfa_keras.evaluation import evaluate_robustness
+from gfa_keras.evaluation.callbacks import RobustAccuracy
+from gfa_keras.evaluation.cascade import evaluate_robustness
 
 N_TRAIN, N_VAL = 300, 60
 

@@ -10,8 +10,8 @@ import keras
 import numpy as np
 import pytest
 
-from gfa_keras import cli
-from gfa_keras.cli import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CommandError, main
+from gfa_keras.cli import commands as cli
+from gfa_keras.cli.commands import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CommandError, main
 from gfa_keras.data import load_digits
 
 TEST_POINTS = 50

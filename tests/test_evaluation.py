@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from gfa_keras.attacks import ATTACKS, AttackSpec
-from gfa_keras.evaluation import PRESETS, evaluate_robustness
+from gfa_keras.evaluation.cascade import PRESETS, evaluate_robustness
 
 N_POINTS = 100
 

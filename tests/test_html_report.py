@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import websocket
 
-from gfa_keras import html_report
-from gfa_keras.report import RobustnessReport
+from gfa_keras.reports import html_report
+from gfa_keras.evaluation.report import RobustnessReport
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Flags for a closed network: without the background-networking ones Chromium's own
@@ -62,7 +62,7 @@ def test_add_to_report_merges_models_and_replaces_a_section(tmp_path):
     html_report.add_to_report(tmp_path, "b", history=HISTORY)
     html_report.add_to_report(tmp_path, "a", robustness=make_report(0.7, [0.4, 0.1]))
     data = json.loads((tmp_path / "report.json").read_text())
-    assert data["format"] == "gfa_keras.report" and data["title"] == tmp_path.name
+    assert data["format"] == "gfa_keras.evaluation.report" and data["title"] == tmp_path.name
     assert sorted(data["models"]) == ["a", "b"]
     assert data["models"]["a"]["robustness"]["clean_accuracy"] == 0.7
     assert data["models"]["b"]["history"] == HISTORY

@@ -4,9 +4,9 @@ import keras
 import pytest
 import tensorflow as tf
 
-from gfa_keras import masking_checks as mc
+from gfa_keras.evaluation import masking_checks as mc
 from gfa_keras.attacks import AttackSpec
-from gfa_keras.evaluation import evaluate_robustness
+from gfa_keras.evaluation.cascade import evaluate_robustness
 
 N_POINTS = 100
 

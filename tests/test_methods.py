@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from gfa_keras import PGD, GradientFeatureAlignment, HardenedModel, InputGradientNorm, PenaltyWarmup, harden
-from gfa_keras.methods import METHODS
+from gfa_keras.training.methods import METHODS
 
 RNG = np.random.default_rng(11)
 X = RNG.uniform(0.05, 0.95, size=(12, 2, 3)).astype("float32")
@@ -154,7 +154,7 @@ def test_trades_total_is_clean_loss_plus_beta_kl_and_the_kl_attack_stays_in_the_
     assert logs["trades_penalty"] > 1e-4
     np.testing.assert_allclose(logs["loss"], logs["task_loss"] + 3.0 * logs["trades_penalty"], rtol=1e-5)
     # The KL attack itself: inside the ball, and the KL it reaches beats a random point's.
-    from gfa_keras.regularizers import _kl_per_example
+    from gfa_keras.training.regularizers import _kl_per_example
     import tensorflow as tf
 
     attack = model.regularizer("trades").attack
@@ -170,7 +170,7 @@ def test_trades_total_is_clean_loss_plus_beta_kl_and_the_kl_attack_stays_in_the_
 
 
 def test_kl_matches_numpy():
-    from gfa_keras.regularizers import _kl_per_example
+    from gfa_keras.training.regularizers import _kl_per_example
 
     p = softmax(RNG.normal(size=(5, 4)))
     z = RNG.normal(size=(5, 4))

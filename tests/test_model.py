@@ -8,7 +8,7 @@ import tensorflow as tf
 
 import gfa_keras
 from gfa_keras import GFAModel, harden
-from gfa_keras.taps import MODEL_INPUT
+from gfa_keras.training.taps import MODEL_INPUT
 
 from conftest import make_mlp
 

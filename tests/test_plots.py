@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gfa_keras import plots
-from gfa_keras.report import RobustnessReport
+from gfa_keras.reports import plots
+from gfa_keras.evaluation.report import RobustnessReport
 
 
 def make_report(clean, worst, eps=(0.05, 0.1), norm="linf", minimum_norm=None):

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from gfa_keras.report import RobustnessReport
+from gfa_keras.evaluation.report import RobustnessReport
 
 
 def make_report():

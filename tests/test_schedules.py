@@ -3,7 +3,7 @@ import keras
 import numpy as np
 import pytest
 
-from gfa_keras.schedules import CyclicLearningRate, PenaltyWarmup, warmup_value
+from gfa_keras.training.schedules import CyclicLearningRate, PenaltyWarmup, warmup_value
 
 
 def test_warmup_value_is_zero_then_linear_then_flat():

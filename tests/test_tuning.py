@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from conftest import make_mlp
-from gfa_keras import tuning
-from gfa_keras.evaluation import evaluate_robustness
-from gfa_keras.tuning import GFAHyperModel, tune
+from gfa_keras.tuning import search as tuning
+from gfa_keras.evaluation.cascade import evaluate_robustness
+from gfa_keras.tuning.search import GFAHyperModel, tune
 
 N_TRAIN, N_VAL = 400, 60
 EPS = 0.03
@@ -212,7 +212,7 @@ _SEARCH_SCRIPT = textwrap.dedent("""
     import keras
     import numpy as np
     from sklearn.datasets import load_digits
-    from gfa_keras.tuning import tune
+    from gfa_keras.tuning.search import tune
 
     directory, fit_log, result_path, kill_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 

@@ -7,8 +7,9 @@ import weakref
 
 import tensorflow as tf
 
-from gfa_keras._checks import check_number, check_positive_int  # noqa: F401 (re-exported to the attacks)
+from gfa_keras.validation import check_number, check_positive_int  # noqa: F401 (re-exported to the attacks)
 from gfa_keras.attacks.base import perturbation_norms, validate_attack_inputs
+from gfa_keras.threat_model import per_example  # noqa: F401 (re-exported to the attacks)
 
 # model -> {settings: compiled function}. Weak keys, and the compiled functions
 # hold the model only weakly, so a cached attack never keeps a model alive.
@@ -74,11 +75,6 @@ def keep_within_eps(x, x_adv, eps, norm):
         return x_adv
     within = perturbation_norms(x, x_adv, norm) <= eps
     return tf.where(tf.reshape(within, [-1] + [1] * (len(x.shape) - 1)), x_adv, x)
-
-
-def per_example(v, rank):
-    """Reshapes a `[batch]` vector to broadcast against a rank-`rank` batch."""
-    return tf.reshape(v, [-1] + [1] * (rank - 1))
 
 
 def num_classes_of(model, x):

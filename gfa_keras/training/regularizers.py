@@ -15,9 +15,9 @@ import math
 import keras
 import tensorflow as tf
 
-from gfa_keras.alignment import alignment_penalty
-from gfa_keras.perturbations import PGD
-from gfa_keras.taps import resolve_tapped_layers
+from gfa_keras.training.alignment import alignment_penalty
+from gfa_keras.training.perturbations import PGD
+from gfa_keras.training.taps import resolve_tapped_layers
 
 __all__ = [
     "StepTensors",

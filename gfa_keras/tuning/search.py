@@ -39,13 +39,13 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
-from gfa_keras import plots
+from gfa_keras.reports import plots
 from gfa_keras.attacks import ATTACKS, NORMS, get_attack
-from gfa_keras._checks import check_number as _check_number
-from gfa_keras._checks import check_positive_int as _check_int
-from gfa_keras.callbacks import RobustAccuracy
-from gfa_keras.methods import DEFAULT_PENALTY_WEIGHTS, METHODS, harden
-from gfa_keras.model import check_base_model
+from gfa_keras.validation import check_number as _check_number
+from gfa_keras.validation import check_positive_int as _check_int
+from gfa_keras.evaluation.callbacks import RobustAccuracy
+from gfa_keras.training.methods import DEFAULT_PENALTY_WEIGHTS, METHODS, harden
+from gfa_keras.training.model import check_base_model
 
 __all__ = ["OBJECTIVES", "TUNERS", "DEFAULT_PENALTY_RANGE", "GFAHyperModel", "TuningResult", "tune"]
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from gfa_keras.perturbations import Perturbation
-from gfa_keras.regularizers import GradientFeatureAlignment, Regularizer, StepTensors
-from gfa_keras.taps import MODEL_INPUT, build_feature_extractor
+from gfa_keras.training.perturbations import Perturbation
+from gfa_keras.training.regularizers import GradientFeatureAlignment, Regularizer, StepTensors
+from gfa_keras.training.taps import MODEL_INPUT, build_feature_extractor
 
 __all__ = ["HardenedModel", "GFAModel"]
 
@@ -99,8 +99,8 @@ class HardenedModel(keras.Model):
 
     Example:
 
-    >>> from gfa_keras.perturbations import PGD
-    >>> from gfa_keras.regularizers import InputGradientNorm
+    >>> from gfa_keras.training.perturbations import PGD
+    >>> from gfa_keras.training.regularizers import InputGradientNorm
     >>> base = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
     ...                          keras.layers.Dense(10)])
     >>> hybrid = HardenedModel(base, perturbation=PGD(eps=0.1, steps=7),

@@ -16,7 +16,7 @@ import math
 import keras
 import tensorflow as tf
 
-from gfa_keras.attacks.base import NORMS, project, random_start
+from gfa_keras.threat_model import NORMS, project, random_start
 
 __all__ = ["Perturbation", "FGSM", "PGD", "cross_entropy_per_example", "check_ball"]
 

@@ -7,7 +7,7 @@
     gfa-keras report runs/plain runs/gfa --out runs/cmp
 
 Every command writes a report directory (`report.json`, `report.md`, `report.html`
-and PNG plots, see `gfa_keras.html_report`).
+and PNG plots, see `gfa_keras.reports.html_report`).
 
 Exit codes: 0 success; 1 the run failed (a file missing or corrupt, data not
 available, a value the library rejected: the message says which); 2 the command
@@ -32,13 +32,13 @@ from typing import Sequence
 import keras
 import numpy as np
 
-from gfa_keras import html_report, plots
+from gfa_keras.reports import html_report, plots
 from gfa_keras.architectures import ARCHITECTURES, build_architecture
 from gfa_keras.attacks import ATTACKS, NORMS
 from gfa_keras.data import load_dataset
-from gfa_keras.evaluation import PRESETS, evaluate_robustness
-from gfa_keras.methods import METHODS, harden
-from gfa_keras.tuning import DEFAULT_PENALTY_RANGE, OBJECTIVES, TUNERS, tune
+from gfa_keras.evaluation.cascade import PRESETS, evaluate_robustness
+from gfa_keras.training.methods import METHODS, harden
+from gfa_keras.tuning.search import DEFAULT_PENALTY_RANGE, OBJECTIVES, TUNERS, tune
 
 __all__ = [
     "main",

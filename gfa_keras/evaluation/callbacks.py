@@ -12,8 +12,8 @@ import keras
 import numpy as np
 
 from gfa_keras.attacks import ATTACKS, NORMS, get_attack
-from gfa_keras._checks import check_number, check_positive_int
-from gfa_keras.evaluation import evaluate_robustness
+from gfa_keras.validation import check_number, check_positive_int
+from gfa_keras.evaluation.cascade import evaluate_robustness
 
 __all__ = ["RobustAccuracy"]
 

@@ -7,7 +7,7 @@ Layout of a report directory:
 | `report.json` | machine-readable: per model its `RobustnessReport` dict, training history, loss landscape; the tuner's trials |
 | `report.md` | the tables in Markdown, with links to the PNGs |
 | `report.html` | one self-contained page (the plots inlined as data URIs, no script): open it in a browser |
-| `*.png` | the plots of `gfa_keras.plots` |
+| `*.png` | the plots of `gfa_keras.reports.plots` |
 
 `add_to_report` merges results into `report.json` (several `gfa-keras evaluate` runs
 into one directory compare several models on one chart); `render_report` writes the
@@ -28,7 +28,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from gfa_keras import plots
+from gfa_keras.reports import plots
 
 __all__ = [
     "REPORT_FORMAT",
@@ -41,7 +41,7 @@ __all__ = [
     "render_report",
 ]
 
-REPORT_FORMAT = "gfa_keras.report"
+REPORT_FORMAT = "gfa_keras.evaluation.report"
 REPORT_JSON = "report.json"
 REPORT_MARKDOWN = "report.md"
 REPORT_HTML = "report.html"

@@ -15,9 +15,9 @@ regularizers; compose them directly for anything else.
 """
 from __future__ import annotations
 
-from gfa_keras.model import GFAModel, HardenedModel, check_base_model, require_tensorflow_backend
-from gfa_keras.perturbations import PGD
-from gfa_keras.regularizers import GradientFeatureAlignment, InputGradientNorm, TradesKL
+from gfa_keras.training.model import GFAModel, HardenedModel, check_base_model, require_tensorflow_backend
+from gfa_keras.training.perturbations import PGD
+from gfa_keras.training.regularizers import GradientFeatureAlignment, InputGradientNorm, TradesKL
 
 __all__ = ["METHODS", "DEFAULT_PENALTY_WEIGHTS", "harden"]
 

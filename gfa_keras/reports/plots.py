@@ -373,7 +373,7 @@ def plot_tuning_trials(trials: Sequence[Mapping], path: str | os.PathLike | None
 
     Args:
         trials: Dicts with "clean_accuracy", "robust_accuracy" and optionally
-            "hyperparameters" (a dict) and "trial_id", as `gfa_keras.tuning` records them.
+            "hyperparameters" (a dict) and "trial_id", as `gfa_keras.tuning.search` records them.
         path: If given, the figure is saved there as PNG.
         color_by: A hyperparameter to colour the points by (log scale when all its
             values are positive); default: `penalty_weight` when every trial has
@@ -390,7 +390,7 @@ def plot_tuning_trials(trials: Sequence[Mapping], path: str | os.PathLike | None
     Example:
 
     ```python
-    result = gfa_keras.tuning.tune(...)
+    result = gfa_keras.tuning.search.tune(...)
     plot_tuning_trials(result.trials, "tuning.png")
     ```
     """

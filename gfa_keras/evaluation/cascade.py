@@ -20,9 +20,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gfa_keras import masking_checks
+from gfa_keras.evaluation import masking_checks
 from gfa_keras.attacks import ATTACKS, NORMS, AttackSpec, get_attack, perturbation_norms, validate_attack_inputs
-from gfa_keras.report import RobustnessReport
+from gfa_keras.evaluation.report import RobustnessReport
 
 __all__ = ["PRESETS", "evaluate_robustness"]
 
@@ -89,7 +89,7 @@ def evaluate_robustness(
         minimum_norm_attacks: Names of `"minimum_norm"` attacks (e.g. `("deepfool",
             "ead")`) run without a bound on the clean-correct points; the report
             gets their per-example norms and median / mean / success rate.
-        checks: Run the gradient-masking checks of `gfa_keras.masking_checks` and
+        checks: Run the gradient-masking checks of `gfa_keras.evaluation.masking_checks` and
             put their flags in the report.
         thorough: Also rerun the strongest attack with twice the steps (or
             restarts) on a sample and flag a change of more than a point.
