@@ -1,0 +1,102 @@
+"""The shared argument checks: the values they let through, converted, and one message per mistake."""
+import numpy as np
+import pytest
+
+from gfa_keras.validation import (
+    check_choice,
+    check_clip_range,
+    check_eps,
+    check_int,
+    check_number,
+    check_positive_int,
+)
+
+
+@pytest.mark.parametrize("value", [1, 7, np.int64(3), np.int32(1)])
+def test_positive_int_returns_a_python_int(value):
+    result = check_positive_int("steps", value)
+    assert result == int(value) and type(result) is int
+
+
+@pytest.mark.parametrize("value", [0, -2, 1.0, 2.5, True, "3", None, float("nan")])
+def test_positive_int_rejects_with_one_message(value):
+    with pytest.raises(ValueError, match=rf"^steps must be a positive integer\. Received: steps={value!r}$"):
+        check_positive_int("steps", value)
+
+
+def test_int_minimum_shapes_the_message():
+    assert check_int("seed", -5) == -5
+    assert check_int("start_epoch", 0, minimum=0) == 0
+    assert check_positive_int("population", 4, minimum=4) == 4
+    with pytest.raises(ValueError, match=r"^seed must be an integer\. Received: seed=0\.5$"):
+        check_int("seed", 0.5)
+    with pytest.raises(ValueError, match=r"^start_epoch must be an integer >= 0\. Received: start_epoch=-1$"):
+        check_int("start_epoch", -1, minimum=0)
+    with pytest.raises(ValueError, match=r"^population must be an integer >= 4\. Received: population=3$"):
+        check_positive_int("population", 3, minimum=4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, value, expected",
+    [
+        ({}, -3, -3.0),
+        ({"low": 0.0}, 0, 0.0),
+        ({"low": 0.0, "high": 1.0}, 1, 1.0),
+        ({"low": 0.0, "low_open": True}, np.float32(0.25), 0.25),
+    ],
+)
+def test_number_in_range_returns_a_python_float(kwargs, value, expected):
+    result = check_number("x", value, **kwargs)
+    assert result == expected and type(result) is float
+
+
+@pytest.mark.parametrize(
+    "kwargs, value, message",
+    [
+        ({}, float("nan"), r"x must be a finite number\. Received: x=nan"),
+        ({}, float("inf"), r"x must be a finite number\. Received: x=inf"),
+        ({}, True, r"x must be a finite number\. Received: x=True"),
+        ({}, "0.1", r"x must be a finite number\. Received: x='0.1'"),
+        ({"low": 0.0}, -0.5, r"x must be a finite number >= 0.0\. Received: x=-0.5"),
+        ({"low": 0.0, "low_open": True}, 0.0, r"x must be a finite number > 0.0\. Received: x=0.0"),
+        ({"low": 0.0, "high": 1.0}, 1.5, r"x must be a finite number >= 0.0 and <= 1.0\. Received: x=1.5"),
+        ({"low": 0, "high": 1, "low_open": True, "high_open": True}, 1, r"x must be a finite number > 0 and < 1\."),
+        ({"high": 2.0}, 3.0, r"x must be a finite number <= 2.0\. Received: x=3.0"),
+    ],
+)
+def test_number_rejects_with_its_bounds_in_the_message(kwargs, value, message):
+    with pytest.raises(ValueError, match=f"^{message}"):
+        check_number("x", value, **kwargs)
+
+
+def test_eps_zero_is_allowed_only_when_asked():
+    assert check_eps(0) == 0.0
+    assert check_eps(0.1, allow_zero=False) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match=r"^eps must be a finite number > 0.0\. Received: eps=0$"):
+        check_eps(0, allow_zero=False)
+    with pytest.raises(ValueError, match=r"^eps must be a finite number >= 0.0\. Received: eps=-0.1$"):
+        check_eps(-0.1)
+    with pytest.raises(ValueError, match=r"^step_size must be a finite number > 0.0\."):
+        check_eps(float("inf"), allow_zero=False, name="step_size")
+
+
+def test_choice_lists_the_valid_names():
+    assert check_choice("norm", "l2", ("linf", "l2")) == "l2"
+    assert check_choice("method", "gfa", {"gfa": 1, "pgd": 2}) == "gfa"
+    with pytest.raises(ValueError, match=r"^Unknown norm\. Expected one of \['linf', 'l2'\]\. Received: norm='l1'$"):
+        check_choice("norm", "l1", ("linf", "l2"))
+    with pytest.raises(ValueError, match=r"^Unknown architecture\. Expected one of \['mlp'\]\. Received: name='vit'$"):
+        check_choice("name", "vit", ["mlp"], what="architecture")
+    with pytest.raises(ValueError, match=r"^Unknown norm\. .* Received: norm=\['linf'\]$"):
+        check_choice("norm", ["linf"], ("linf", "l2"))
+
+
+def test_clip_range_must_be_an_ordered_pair_of_numbers():
+    assert check_clip_range(0, 1) == (0.0, 1.0)
+    assert check_clip_range(-1.0, 1.0) == (-1.0, 1.0)
+    with pytest.raises(ValueError, match=r"^clip_min must be smaller than clip_max\. Received: clip_min=1.0, clip_max=0.0$"):
+        check_clip_range(1.0, 0.0)
+    with pytest.raises(ValueError, match=r"^clip_min must be smaller than clip_max\. Received: clip_min=0.5, clip_max=0.5$"):
+        check_clip_range(0.5, 0.5)
+    with pytest.raises(ValueError, match=r"^clip_max must be a finite number\. Received: clip_max=nan$"):
+        check_clip_range(0.0, float("nan"))
