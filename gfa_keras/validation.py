@@ -95,8 +95,8 @@ def check_number(name, value, low=None, high=None, low_open=False, high_open=Fal
     if ok and high is not None:
         ok = value < high if high_open else value <= high
     if not ok:
-        bounds = [f"{'>' if low_open else '>='} {low}"] if low is not None else []
-        bounds += [f"{'<' if high_open else '<='} {high}"] if high is not None else []
+        bounds = [f"{'>' if low_open else '>='} {low:g}"] if low is not None else []
+        bounds += [f"{'<' if high_open else '<='} {high:g}"] if high is not None else []
         expected = " ".join(["a finite number", " and ".join(bounds)]).strip()
         raise ValueError(f"{name} must be {expected}. Received: {name}={value!r}")
     return float(value)

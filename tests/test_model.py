@@ -277,11 +277,24 @@ def test_dead_relus_and_zero_inputs_never_give_nan():
         ({"penalty_weight": -1.0}, r"Received: penalty_weight=-1\.0"),
         ({"penalty_weight": float("nan")}, r"Received: penalty_weight=nan"),
         ({"penalty_weight": float("inf")}, r"Received: penalty_weight=inf"),
+        ({"penalty_weight": "0.1"}, r"penalty_weight must be a finite number >= 0\. Received: penalty_weight='0.1'"),
+        # A bad epsilon is reported as itself, not as a penalty_weight error.
+        ({"epsilon": 0.0}, r"^epsilon must be a finite number > 0\. Received: epsilon=0\.0$"),
+        ({"epsilon": float("nan")}, r"^epsilon must be a finite number > 0\. Received: epsilon=nan$"),
     ],
 )
 def test_bad_arguments_raise_keras_style_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         harden(tiny_sequential(), **kwargs)
+
+
+def test_gfa_model_names_the_argument_that_is_wrong():
+    with pytest.raises(ValueError, match=r"^epsilon must be a finite number > 0\. Received: epsilon=-1\.0$"):
+        GFAModel(tiny_sequential(), layers=1, penalty_weight=0.1, epsilon=-1.0)
+    with pytest.raises(ValueError, match=r"^penalty_weight must be a finite number >= 0\. Received: penalty_weight=-2$"):
+        GFAModel(tiny_sequential(), layers=1, penalty_weight=-2)
+    with pytest.raises(ValueError, match=r"at least 1\. Received: layers=0"):
+        GFAModel(tiny_sequential(), layers=0, penalty_weight=0.1)
 
 
 def test_layer_object_from_another_model_is_rejected():

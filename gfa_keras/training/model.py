@@ -22,6 +22,7 @@ import tensorflow as tf
 from gfa_keras.training.perturbations import Perturbation
 from gfa_keras.training.regularizers import GradientFeatureAlignment, Regularizer, StepTensors
 from gfa_keras.training.taps import MODEL_INPUT, build_feature_extractor
+from gfa_keras.validation import check_number
 
 __all__ = ["HardenedModel", "GFAModel"]
 
@@ -317,7 +318,7 @@ class GFAModel(HardenedModel):
             normalisation excluded; 1 = the input image, the paper's FIRST; 3 = DEEP) or
             a list of layer names or layer objects.
         penalty_weight: beta, the weight of the penalty; 0 gives plain training.
-        epsilon: Added to the norms' product in the cosine.
+        epsilon: Added to the norms' product in the cosine (> 0).
         **kwargs: Passed to `keras.Model` (e.g. `name`).
 
     Logged metrics: `loss` (total), `task_loss`, `gfa_penalty` (unweighted),
@@ -335,12 +336,9 @@ class GFAModel(HardenedModel):
     def __init__(self, base_model, layers=3, penalty_weight=DEFAULT_PENALTY_WEIGHT, epsilon=1e-12, **kwargs):
         require_tensorflow_backend()
         check_base_model(base_model)
-        try:
-            alignment = GradientFeatureAlignment(layers=layers, weight=penalty_weight, epsilon=epsilon)
-        except ValueError:
-            raise ValueError(
-                f"penalty_weight must be a finite number >= 0. Received: penalty_weight={penalty_weight!r}"
-            ) from None
+        # Checked here, under its public name, before the regularizer checks it as `weight`.
+        penalty_weight = check_number("penalty_weight", penalty_weight, low=0.0)
+        alignment = GradientFeatureAlignment(layers=layers, weight=penalty_weight, epsilon=epsilon)
         super().__init__(base_model, regularizers=[alignment], **kwargs)
 
     @property

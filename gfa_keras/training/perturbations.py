@@ -11,12 +11,12 @@ whatever loss the model is compiled with; labels may be integers or one-hot.
 from __future__ import annotations
 
 import abc
-import math
 
 import keras
 import tensorflow as tf
 
 from gfa_keras.threat_model import NORMS, project, random_start
+from gfa_keras.validation import check_choice, check_clip_range, check_eps, check_positive_int
 
 __all__ = ["Perturbation", "FGSM", "PGD", "cross_entropy_per_example", "check_ball"]
 
@@ -29,21 +29,11 @@ def cross_entropy_per_example(y, logits):
     return tf.nn.sparse_softmax_cross_entropy_with_logits(tf.reshape(tf.cast(y, tf.int32), [-1]), logits)
 
 
-def _finite_positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0. Received: {name}={value!r}")
-    return float(value)
-
-
 def check_ball(eps, norm, clip_min, clip_max):
     """Validates the threat model shared by every perturbation; returns eps as float."""
-    eps = _finite_positive("eps", eps)
-    if norm not in NORMS:
-        raise ValueError(f"Unknown norm. Expected one of {NORMS}. Received: norm={norm!r}")
-    if not clip_min < clip_max:
-        raise ValueError(
-            f"clip_min must be smaller than clip_max. Received: clip_min={clip_min}, clip_max={clip_max}"
-        )
+    eps = check_eps(eps, allow_zero=False)
+    check_choice("norm", norm, NORMS)
+    check_clip_range(clip_min, clip_max)
     return eps
 
 
@@ -93,7 +83,8 @@ class FGSM(Perturbation):
         super().__init__(eps, norm, clip_min, clip_max)
         self.random_start = bool(random_start)
         default_step = 1.25 * self.eps if self.random_start else self.eps
-        self.step_size = _finite_positive("step_size", default_step if step_size is None else step_size)
+        self.step_size = check_eps(default_step if step_size is None else step_size, allow_zero=False,
+                                   name="step_size")
 
     def get_config(self):
         return {**super().get_config(), "random_start": self.random_start, "step_size": self.step_size}
@@ -124,10 +115,9 @@ class PGD(Perturbation):
     def __init__(self, eps, step_size=None, steps=7, random_start=True, norm="linf",
                  clip_min=0.0, clip_max=1.0):
         super().__init__(eps, norm, clip_min, clip_max)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be an int >= 1. Received: steps={steps!r}")
-        self.steps = steps
-        self.step_size = _finite_positive("step_size", 2.5 * self.eps / steps if step_size is None else step_size)
+        self.steps = check_positive_int("steps", steps)
+        self.step_size = check_eps(2.5 * self.eps / self.steps if step_size is None else step_size,
+                                   allow_zero=False, name="step_size")
         self.random_start = bool(random_start)
 
     def get_config(self):

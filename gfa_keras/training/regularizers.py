@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import math
 
 import keras
 import tensorflow as tf
@@ -18,6 +17,7 @@ import tensorflow as tf
 from gfa_keras.training.alignment import alignment_penalty
 from gfa_keras.training.perturbations import PGD
 from gfa_keras.training.taps import resolve_tapped_layers
+from gfa_keras.validation import check_choice, check_int, check_number
 
 __all__ = [
     "StepTensors",
@@ -72,11 +72,7 @@ class Regularizer(abc.ABC):
     needs_logits = False  # True for penalties that attack the model's (single) logits output
 
     def __init__(self, weight):
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
-                or weight < 0:
-            raise ValueError(f"The weight of {type(self).__name__} must be a finite number >= 0. "
-                             f"Received: weight={weight!r}")
-        self.weight = float(weight)
+        self.weight = check_number("weight", weight, low=0.0)
 
     @property
     def tapped_layers(self):
@@ -110,7 +106,8 @@ class GradientFeatureAlignment(Regularizer):
         layers: An int N (the inputs of the first N weighted layers; 1 = the input
             image, the paper's FIRST; 3 = DEEP) or layer names / layer objects.
         weight: beta.
-        epsilon: Added to the norms' product in the cosine.
+        epsilon: Added to the norms' product in the cosine (> 0, so that a zero gradient or
+            feature gives a zero cosine rather than NaN).
     """
 
     name = "gfa"
@@ -118,7 +115,7 @@ class GradientFeatureAlignment(Regularizer):
     def __init__(self, layers=3, weight=0.01, epsilon=1e-12):
         super().__init__(weight)
         self.layers = layers
-        self.epsilon = float(epsilon)
+        self.epsilon = check_number("epsilon", epsilon, low=0.0, low_open=True)
         self._names = None
 
     def bind(self, base_model):
@@ -166,9 +163,7 @@ class InputGradientNorm(Regularizer):
 
     def __init__(self, p=2, weight=0.01, squared=False):
         super().__init__(weight)
-        if p not in (1, 2) or isinstance(p, bool):
-            raise ValueError(f"p must be 1 or 2. Received: p={p!r}")
-        self.p = int(p)
+        self.p = check_choice("p", check_int("p", p), (1, 2), what="norm order p")
         self.squared = bool(squared)
 
     def penalty(self, step):

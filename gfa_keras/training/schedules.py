@@ -1,9 +1,9 @@
 """Schedules for hardened training: a penalty-weight warm-up and a cyclic learning rate."""
 from __future__ import annotations
 
-import math
-
 import keras
+
+from gfa_keras.validation import check_int, check_number, check_positive_int
 
 __all__ = ["PenaltyWarmup", "CyclicLearningRate", "warmup_value"]
 
@@ -16,14 +16,6 @@ def warmup_value(epoch, target, start_epoch, end_epoch):
     if epoch >= end_epoch:
         return float(target)
     return float(target) * (epoch - start_epoch) / (end_epoch - start_epoch)
-
-
-def _check_number(name, value, minimum=0.0, strict=False):
-    bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-    if bad or value < minimum or (strict and value == minimum):
-        relation = ">" if strict else ">="
-        raise ValueError(f"{name} must be a finite number {relation} {minimum}. Received: {name}={value!r}")
-    return value
 
 
 class PenaltyWarmup(keras.callbacks.Callback):
@@ -52,10 +44,9 @@ class PenaltyWarmup(keras.callbacks.Callback):
     def __init__(self, regularizer, target, start_epoch=0, end_epoch=5):
         super().__init__()
         self.regularizer = regularizer
-        self.target = float(_check_number("target", target))
-        for name, value in (("start_epoch", start_epoch), ("end_epoch", end_epoch)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an int >= 0. Received: {name}={value!r}")
+        self.target = check_number("target", target, low=0.0)
+        start_epoch = check_int("start_epoch", start_epoch, minimum=0)
+        end_epoch = check_int("end_epoch", end_epoch, minimum=0)
         if end_epoch < start_epoch:
             raise ValueError(
                 "The warm-up ends before it starts. Expected start_epoch <= end_epoch. "
@@ -86,9 +77,9 @@ class CyclicLearningRate(keras.optimizers.schedules.LearningRateSchedule):
     `half_cycle_steps` steps, back down over as many, and again.
 
     Args:
-        min_lr: The lowest learning rate (> 0).
+        min_lr: The lowest learning rate (>= 0).
         max_lr: The highest (>= min_lr).
-        half_cycle_steps: Optimizer steps from min to max (> 0).
+        half_cycle_steps: Optimizer steps from min to max (>= 1).
 
     Example:
 
@@ -98,13 +89,11 @@ class CyclicLearningRate(keras.optimizers.schedules.LearningRateSchedule):
     """
 
     def __init__(self, min_lr, max_lr, half_cycle_steps):
-        self.min_lr = float(_check_number("min_lr", min_lr))
-        self.max_lr = float(_check_number("max_lr", max_lr))
+        self.min_lr = check_number("min_lr", min_lr, low=0.0)
+        self.max_lr = check_number("max_lr", max_lr, low=0.0)
         if self.max_lr < self.min_lr:
             raise ValueError(f"max_lr must be >= min_lr. Received: min_lr={min_lr}, max_lr={max_lr}")
-        if isinstance(half_cycle_steps, bool) or not isinstance(half_cycle_steps, int) or half_cycle_steps <= 0:
-            raise ValueError(f"half_cycle_steps must be an int > 0. Received: half_cycle_steps={half_cycle_steps!r}")
-        self.half_cycle_steps = half_cycle_steps
+        self.half_cycle_steps = check_positive_int("half_cycle_steps", half_cycle_steps)
 
     def __call__(self, step):
         position = keras.ops.cast(step, "float32") / self.half_cycle_steps
