@@ -19,6 +19,8 @@ from typing import Callable
 
 import keras
 
+from gfa_keras.validation import check_choice, check_int
+
 __all__ = ["ARCHITECTURES", "build_architecture"]
 
 
@@ -79,8 +81,7 @@ def build_architecture(name: str, input_shape, num_classes: int, seed: int | Non
     >>> model.output_shape
     (None, 10)
     """
-    if name not in ARCHITECTURES:
-        raise ValueError(f"Unknown architecture. Expected one of {sorted(ARCHITECTURES)}. Received: name={name!r}")
+    check_choice("name", name, sorted(ARCHITECTURES), what="architecture")
     shape = tuple(input_shape)
     if len(shape) != 3 or not all(isinstance(s, numbers.Integral) and s > 0 for s in shape):
         raise ValueError(
@@ -91,8 +92,7 @@ def build_architecture(name: str, input_shape, num_classes: int, seed: int | Non
         raise ValueError(
             f"small_cnn pools twice by 2 and needs images of at least 4x4 pixels. Received: input_shape={shape}"
         )
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2. Received: num_classes={num_classes!r}")
+    num_classes = check_int("num_classes", num_classes, minimum=2)
     if seed is not None:
         keras.utils.set_random_seed(seed)
     return ARCHITECTURES[name](tuple(int(s) for s in shape), num_classes)

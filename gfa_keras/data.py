@@ -29,6 +29,8 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from gfa_keras.validation import check_number, check_positive_int
+
 __all__ = [
     "DatasetSplits",
     "UnknownDatasetError",
@@ -187,8 +189,7 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> DatasetSplits:
     >>> data.x_test.shape
     (450, 8, 8, 1)
     """
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"Expected 0 < test_fraction < 1. Received: test_fraction={test_fraction}")
+    test_fraction = check_number("test_fraction", test_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
     from sklearn import datasets, model_selection
 
     bunch = datasets.load_digits()
@@ -459,15 +460,8 @@ def load_cifar10_jpeg(
     >>> data.x_train.shape, data.class_names[0]
     ((1000, 32, 32, 3), 'airplane')
     """
-    if limit_per_class is not None and (
-        isinstance(limit_per_class, bool)
-        or not isinstance(limit_per_class, (int, np.integer))
-        or limit_per_class < 1
-    ):
-        raise ValueError(
-            "Expected limit_per_class to be a positive integer or None. "
-            f"Received: limit_per_class={limit_per_class!r}"
-        )
+    if limit_per_class is not None:
+        limit_per_class = check_positive_int("limit_per_class", limit_per_class)
     if path is None:
         path = os.environ.get(CIFAR10_JPEG_ENV) or CIFAR10_JPEG_DEFAULT_PATH
         source = f"${CIFAR10_JPEG_ENV}" if os.environ.get(CIFAR10_JPEG_ENV) else "the default path"
@@ -697,14 +691,7 @@ def as_tf_dataset(
     >>> data = load_digits()
     >>> train = as_tf_dataset(*data.train, batch_size=64, shuffle=True)
     """
-    if (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, (int, np.integer))
-        or batch_size < 1
-    ):
-        raise ValueError(
-            f"Expected batch_size to be a positive integer. Received: batch_size={batch_size!r}"
-        )
+    batch_size = check_positive_int("batch_size", batch_size)
     arrays = (x, y) if sample_weight is None else (x, y, sample_weight)
     lengths = [len(a) for a in arrays]
     if len(set(lengths)) != 1:

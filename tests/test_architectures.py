@@ -42,11 +42,11 @@ def test_deep_gfa_taps_the_three_dense_layers_of_the_mlp():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(name="resnet", input_shape=(8, 8, 1), num_classes=10), "Expected one of ['mlp', 'small_cnn']"),
+    (dict(name="resnet", input_shape=(8, 8, 1), num_classes=10), "Unknown architecture. Expected one of ['mlp', 'small_cnn']. Received: name='resnet'"),
     (dict(name="mlp", input_shape=(64,), num_classes=10), "(height, width, channels)"),
     (dict(name="mlp", input_shape=(8, 0, 1), num_classes=10), "positive integers"),
     (dict(name="small_cnn", input_shape=(3, 3, 1), num_classes=10), "at least 4x4"),
-    (dict(name="mlp", input_shape=(8, 8, 1), num_classes=1), "num_classes=1"),
+    (dict(name="mlp", input_shape=(8, 8, 1), num_classes=1), "num_classes must be an integer >= 2. Received: num_classes=1"),
 ])
 def test_bad_arguments_say_what_was_expected(kwargs, message):
     with pytest.raises(ValueError) as error:
