@@ -9,12 +9,18 @@ attacks, the evaluation or the tuner: training must stay light to import.
 from gfa_keras.training.alignment import alignment_penalty, gradient_feature_alignment
 from gfa_keras.training.methods import DEFAULT_PENALTY_WEIGHTS, METHODS, harden
 from gfa_keras.training.model import GFAModel, HardenedModel
-from gfa_keras.training.perturbations import FGSM, PGD, Perturbation
-from gfa_keras.training.regularizers import GradientFeatureAlignment, InputGradientNorm, Regularizer, TradesKL
+from gfa_keras.training.perturbations import FGSM, NFGSM, PGD, Perturbation
+from gfa_keras.training.regularizers import (
+    GradAlign,
+    GradientFeatureAlignment,
+    InputGradientNorm,
+    Regularizer,
+    TradesKL,
+)
 from gfa_keras.training.schedules import CyclicLearningRate, PenaltyWarmup
 
 __all__ = [
     "harden", "METHODS", "DEFAULT_PENALTY_WEIGHTS", "HardenedModel", "GFAModel",
-    "Perturbation", "FGSM", "PGD", "Regularizer", "GradientFeatureAlignment", "InputGradientNorm",
-    "TradesKL", "PenaltyWarmup", "CyclicLearningRate", "gradient_feature_alignment", "alignment_penalty",
+    "Perturbation", "FGSM", "NFGSM", "PGD", "Regularizer", "GradientFeatureAlignment", "InputGradientNorm",
+    "TradesKL", "GradAlign", "PenaltyWarmup", "CyclicLearningRate", "gradient_feature_alignment", "alignment_penalty",
 ]

@@ -113,7 +113,7 @@ class HardenedModel(keras.Model):
         check_base_model(base_model)
         if perturbation is not None and not isinstance(perturbation, Perturbation):
             raise ValueError(
-                "perturbation must be None or a gfa_keras Perturbation (FGSM, PGD). "
+                "perturbation must be None or a gfa_keras Perturbation (FGSM, NFGSM, PGD). "
                 f"Received: perturbation={perturbation!r}"
             )
         regularizers = list(regularizers)
@@ -121,7 +121,7 @@ class HardenedModel(keras.Model):
         if bad:
             raise ValueError(
                 "regularizers must be gfa_keras Regularizers (GradientFeatureAlignment, InputGradientNorm, "
-                f"TradesKL). Received: {bad!r}"
+                f"TradesKL, GradAlign). Received: {bad!r}"
             )
         names = [r.name for r in regularizers]
         if len(set(names)) != len(names):

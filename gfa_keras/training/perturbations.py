@@ -16,14 +16,15 @@ import keras
 import tensorflow as tf
 
 from gfa_keras.threat_model import NORMS, project, random_start
-from gfa_keras.validation import check_choice, check_clip_range, check_eps, check_positive_int
+from gfa_keras.validation import check_choice, check_clip_range, check_eps, check_number, check_positive_int
 
-__all__ = ["Perturbation", "FGSM", "PGD", "cross_entropy_per_example", "check_ball"]
+__all__ = ["Perturbation", "FGSM", "NFGSM", "PGD", "cross_entropy_per_example", "check_ball"]
 
 
 def cross_entropy_per_example(y, logits):
     """Cross-entropy of logits against integer or one-hot labels, shape `[batch]`."""
     logits = tf.cast(logits, tf.float32)
+    y = tf.convert_to_tensor(y)
     if y.shape.rank == 2 and y.shape[-1] == logits.shape[-1] and y.shape[-1] > 1:
         return tf.nn.softmax_cross_entropy_with_logits(tf.cast(y, tf.float32), logits)
     return tf.nn.sparse_softmax_cross_entropy_with_logits(tf.reshape(tf.cast(y, tf.int32), [-1]), logits)
@@ -75,9 +76,30 @@ class Perturbation(abc.ABC):
 
 @keras.saving.register_keras_serializable(package="gfa_keras")
 class FGSM(Perturbation):
-    """One signed-gradient step of size eps (Goodfellow et al.); with `random_start`,
-    from a random point of the ball ("fast" adversarial training, Wong et al.), then
-    with step size `step_size` (default 1.25 eps)."""
+    """One signed-gradient step (Goodfellow et al.), projected onto the eps-ball and clip box.
+
+    Without `random_start` the step starts at x and has size eps. With it, "fast"
+    adversarial training (Wong et al. 2020, "Fast is better than free"): the step
+    starts from a uniformly random point of the eps-ball and has size 1.25 eps by
+    default; the result is projected back onto the ball.
+
+    Args:
+        eps: Radius of the ball in pixel scale (e.g. 8/255 for CIFAR-10, Linf).
+        norm: "linf" or "l2" (for "l2" the step is along the normalised gradient).
+        random_start: Start from a uniformly random point of the ball.
+        step_size: The step; default eps, or 1.25 eps with `random_start`.
+        clip_min, clip_max: The valid pixel range.
+
+    Raises:
+        ValueError: For eps or step_size <= 0 or not finite, an unknown norm, or
+            clip_min >= clip_max.
+
+    Example:
+
+    >>> fgsm_rs = FGSM(eps=8 / 255, random_start=True)
+    >>> round(fgsm_rs.step_size * 255, 6)
+    10.0
+    """
 
     def __init__(self, eps, norm="linf", random_start=False, step_size=None, clip_min=0.0, clip_max=1.0):
         super().__init__(eps, norm, clip_min, clip_max)
@@ -89,13 +111,92 @@ class FGSM(Perturbation):
     def get_config(self):
         return {**super().get_config(), "random_start": self.random_start, "step_size": self.step_size}
 
+    def start(self, x):
+        """Where the step starts: a uniformly random point of the eps-ball (in the clip box)
+        with `random_start`, else x itself.
+
+        Under tf.distribute the noise is drawn per replica, so it depends on how the
+        batch is split; a subclass can override this for a deterministic start.
+
+        Args:
+            x: The clean batch, float32.
+
+        Returns:
+            The starting points, shaped like `x`.
+        """
+        if not self.random_start:
+            return x
+        return random_start(x, self.eps, self.norm, self.clip_min, self.clip_max, _step_seed())
+
     def __call__(self, model, x, y, objective=cross_entropy_per_example):
         x = tf.stop_gradient(tf.cast(x, tf.float32))
-        x_adv = random_start(x, self.eps, self.norm, self.clip_min, self.clip_max, _step_seed()) \
-            if self.random_start else x
-        gradient = self._loss_gradient(model, x_adv, y, objective)
-        x_adv = project(x_adv + _ascent_step(gradient, self.step_size, self.norm), x, self.eps, self.norm,
+        x_start = self.start(x)
+        gradient = self._loss_gradient(model, x_start, y, objective)
+        x_adv = project(x_start + _ascent_step(gradient, self.step_size, self.norm), x, self.eps, self.norm,
                         self.clip_min, self.clip_max)
+        return tf.stop_gradient(x_adv)
+
+
+@keras.saving.register_keras_serializable(package="gfa_keras")
+class NFGSM(Perturbation):
+    """N-FGSM (de Jorge et al. 2022, "Make some noise"): one signed-gradient step of size
+    eps from x plus noise uniform in the ball of radius 2 eps, with NO projection back
+    onto the eps-ball; only the clip box bounds the result.
+
+    The training points therefore lie up to 3 eps (Linf) from x: the larger noise and
+    the missing projection are what keep single-step training from catastrophic
+    overfitting without a regularizer, at the cost of one forward-backward pass.
+
+    Args:
+        eps: The threat model's radius in pixel scale (e.g. 8/255 for CIFAR-10, Linf).
+        norm: "linf" (noise uniform per pixel, signed step) or "l2" (noise uniform in
+            the L2 ball, step along the normalised gradient).
+        noise_magnitude: Radius of the noise ball; default 2 eps (the paper's k = 2).
+        step_size: The step; default eps (the paper's alpha = eps).
+        clip_min, clip_max: The valid pixel range.
+
+    Raises:
+        ValueError: For eps, noise_magnitude or step_size <= 0 or not finite, an
+            unknown norm, or clip_min >= clip_max.
+
+    Example:
+
+    >>> n_fgsm = NFGSM(eps=8 / 255)
+    >>> round(n_fgsm.noise_magnitude * 255, 6), round(n_fgsm.step_size * 255, 6)
+    (16.0, 8.0)
+    """
+
+    def __init__(self, eps, norm="linf", noise_magnitude=None, step_size=None, clip_min=0.0, clip_max=1.0):
+        super().__init__(eps, norm, clip_min, clip_max)
+        self.noise_magnitude = check_number(
+            "noise_magnitude", 2.0 * self.eps if noise_magnitude is None else noise_magnitude,
+            low=0.0, low_open=True)
+        self.step_size = check_number("step_size", self.eps if step_size is None else step_size,
+                                      low=0.0, low_open=True)
+
+    def get_config(self):
+        return {**super().get_config(), "noise_magnitude": self.noise_magnitude, "step_size": self.step_size}
+
+    def start(self, x):
+        """x plus noise uniform in the ball of radius `noise_magnitude`, in the clip box.
+
+        Under tf.distribute the noise is drawn per replica; a subclass can override this
+        for a deterministic start.
+
+        Args:
+            x: The clean batch, float32.
+
+        Returns:
+            The noisy points, shaped like `x`.
+        """
+        return random_start(x, self.noise_magnitude, self.norm, self.clip_min, self.clip_max, _step_seed())
+
+    def __call__(self, model, x, y, objective=cross_entropy_per_example):
+        x = tf.stop_gradient(tf.cast(x, tf.float32))
+        x_noisy = self.start(x)
+        gradient = self._loss_gradient(model, x_noisy, y, objective)
+        x_adv = tf.clip_by_value(x_noisy + _ascent_step(gradient, self.step_size, self.norm),
+                                 self.clip_min, self.clip_max)
         return tf.stop_gradient(x_adv)
 
 
