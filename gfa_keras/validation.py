@@ -89,6 +89,8 @@ def check_number(name, value, low=None, high=None, low_open=False, high_open=Fal
         ValueError: "{name} must be a finite number > 0 and <= 1. Received: {name}={value!r}",
             with the bounds that apply.
     """
+    if isinstance(value, np.ndarray) and value.ndim == 0:  # e.g. a number read back from an .npz file
+        value = value.item()
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and bool(np.isfinite(value))
     if ok and low is not None:
         ok = value > low if low_open else value >= low

@@ -88,9 +88,9 @@ def test_bad_inputs_raise_value_error(override, message):
         (dict(norm="linf"), "Expected norm='l2'"),
         (dict(steps=0), "steps must be a positive integer"),
         (dict(binary_search_steps=0), "binary_search_steps must be a positive integer"),
-        (dict(initial_const=0.0), "initial_const must be > 0"),
-        (dict(learning_rate=-1.0), "learning_rate must be > 0"),
-        (dict(confidence=-1.0), "confidence must be >= 0"),
+        (dict(initial_const=0.0), r"initial_const must be a finite number > 0\. Received: initial_const=0\.0"),
+        (dict(learning_rate=-1.0), r"learning_rate must be a finite number > 0\. Received: learning_rate=-1\.0"),
+        (dict(confidence=-1.0), r"confidence must be a finite number >= 0\. Received: confidence=-1\.0"),
     ],
 )
 def test_bad_options_raise_value_error(option, message):

@@ -152,5 +152,5 @@ def test_bad_pgd_options_raise_value_error(option):
 @pytest.mark.parametrize("attack", [pgd, bim, mim])
 @pytest.mark.parametrize("eps", [0.0, EPS])
 def test_bad_step_size_raises_even_at_eps_zero(attack, eps):
-    with pytest.raises(ValueError, match="step_size must be > 0"):
+    with pytest.raises(ValueError, match=r"step_size must be a finite number > 0\. Received: step_size="):
         attack(linear_model(), X, Y, eps=eps, step_size=0.0)

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from gfa_keras.threat_model import NORMS, perturbation_norms, project, random_start
+from gfa_keras.validation import check_choice, check_clip_range, check_eps
 
 __all__ = [
     "NORMS",
@@ -101,19 +102,13 @@ def validate_attack_inputs(x, y, *, eps=0.0, norm="linf", clip_min=0.0, clip_max
     Returns `(x, y)` as float32 / int32 tensors. Raises ValueError with what was
     expected and what was received.
     """
-    if norm not in NORMS:
-        raise ValueError(f"Unknown norm. Expected one of {NORMS}. Received: norm={norm!r}")
+    check_choice("norm", norm, NORMS)
     if eps is None:
         if not allow_eps_none:
             raise ValueError("This attack needs a perturbation bound. Received: eps=None")
     else:
-        if not np.isfinite(eps) or eps < 0:
-            raise ValueError(f"eps must be a finite number >= 0. Received: eps={eps}")
-    if not clip_min < clip_max:
-        raise ValueError(
-            "clip_min must be smaller than clip_max. "
-            f"Received: clip_min={clip_min}, clip_max={clip_max}"
-        )
+        check_eps(eps)
+    clip_min, clip_max = check_clip_range(clip_min, clip_max)
     x = tf.convert_to_tensor(x)
     if not x.dtype.is_floating:
         raise ValueError(f"x must be a floating-point batch in pixel scale. Received: x.dtype={x.dtype.name}")

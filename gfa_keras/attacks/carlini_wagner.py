@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from gfa_keras.attacks._common import (
     adam_update,
+    check_number,
     check_positive_int,
     margin,
     select_per_example,
@@ -144,11 +145,9 @@ def cw_l2(
     )
     steps = check_positive_int("steps", steps)
     binary_search_steps = check_positive_int("binary_search_steps", binary_search_steps)
-    for name, value in (("initial_const", initial_const), ("learning_rate", learning_rate)):
-        if not value > 0:
-            raise ValueError(f"{name} must be > 0. Received: {name}={value}")
-    if not confidence >= 0:
-        raise ValueError(f"confidence must be >= 0. Received: confidence={confidence}")
+    initial_const = check_number("initial_const", initial_const, low=0.0, low_open=True)
+    learning_rate = check_number("learning_rate", learning_rate, low=0.0, low_open=True)
+    confidence = check_number("confidence", confidence, low=0.0)
     if eps == 0:
         return x
     x_best = _cw_l2(

@@ -17,7 +17,7 @@ from cleverhans.tf2.attacks.fast_gradient_method import fast_gradient_method
 from cleverhans.tf2.attacks.momentum_iterative_method import momentum_iterative_method
 from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
 
-from gfa_keras.attacks._common import check_positive_int, select_per_example, validate_for_model
+from gfa_keras.attacks._common import check_number, check_positive_int, select_per_example, validate_for_model
 from gfa_keras.attacks.base import project, register_attack
 
 __all__ = ["fgsm", "pgd", "bim", "mim"]
@@ -93,8 +93,8 @@ def _loss_and_fooled(model, x, y):
 def _step_size(step_size, default, eps):
     if step_size is None:
         step_size = default
-    elif not step_size > 0:
-        raise ValueError(f"step_size must be > 0. Received: step_size={step_size}")
+    else:
+        step_size = check_number("step_size", step_size, low=0.0, low_open=True)
     # cleverhans requires eps_iter <= eps; a larger step would be clipped anyway.
     return float(min(step_size, eps))
 

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from gfa_keras.attacks._common import (
     adam_update,
+    check_number,
     check_positive_int,
     margin,
     select_per_example,
@@ -129,9 +130,8 @@ def spsa(
     x, y, _ = validate_for_model(model, x, y, eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max)
     steps = check_positive_int("steps", steps)
     num_samples = check_positive_int("num_samples", num_samples)
-    for name, value in (("perturbation_size", perturbation_size), ("learning_rate", learning_rate)):
-        if not value > 0:
-            raise ValueError(f"{name} must be > 0. Received: {name}={value}")
+    perturbation_size = check_number("perturbation_size", perturbation_size, low=0.0, low_open=True)
+    learning_rate = check_number("learning_rate", learning_rate, low=0.0, low_open=True)
     if eps == 0:
         return x
     return _spsa(
