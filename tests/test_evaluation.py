@@ -224,13 +224,16 @@ def test_presets_name_registered_attacks_in_autoattack_order():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(eps=-0.1), "eps must be finite and >= 0"),
+        (dict(eps=-0.1), r"eps must be a finite number >= 0\. Received: eps=-0\.1"),
+        (dict(eps=[0.1, float("nan")]), r"eps\[1\] must be a finite number >= 0\. Received: eps\[1\]=nan"),
+        (dict(seed=0.5), r"seed must be an integer\. Received: seed=0\.5"),
+        (dict(verbose=3), r"Unknown verbosity\. Expected one of \[0, 1, 2\]\. Received: verbose=3"),
         (dict(eps=[0.2, 0.1]), "strictly increasing"),
         (dict(eps=[]), "non-empty"),
         (dict(clip_min=1.0, clip_max=0.0), "clip_min must be smaller"),
         (dict(attacks=["no_such_attack"]), r"Unknown attack names \['no_such_attack'\].*'fgsm'"),
         (dict(attacks="no_such_preset"), "Unknown attack preset.*'autoattack'"),
-        (dict(norm="l1"), "Unknown norm"),
+        (dict(norm="l1"), r"Unknown norm\. Expected one of \['linf', 'l2'\]\. Received: norm='l1'"),
         (dict(attacks=[spec("linf_only", FlakyAttack(fail_on=1), norms=("linf",))], norm="l2"),
          r"\['linf_only'\] do not support norm='l2'"),
         (dict(minimum_norm_attacks=["fgsm"]), "kind 'minimum_norm'"),
@@ -244,7 +247,7 @@ def test_presets_name_registered_attacks_in_autoattack_order():
 def test_bad_arguments_raise_before_any_attack(trained_digits_model, data, kwargs, message):
     kwargs = {"attacks": [spec("must_not_run", FlakyAttack(fail_on=1))], "eps": 0.1, **kwargs}
     with pytest.raises(ValueError, match=message):
-        evaluate_robustness(trained_digits_model, data, verbose=0, **kwargs)
+        evaluate_robustness(trained_digits_model, data, **{"verbose": 0, **kwargs})
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from gfa_keras.attacks import ATTACKS, NORMS, get_attack
-from gfa_keras.validation import check_number, check_positive_int
+from gfa_keras.validation import check_choice, check_clip_range, check_eps, check_int, check_positive_int
 from gfa_keras.evaluation.cascade import evaluate_robustness
 
 __all__ = ["RobustAccuracy"]
@@ -82,21 +82,20 @@ class RobustAccuracy(keras.callbacks.Callback):
                 f"attack={attack!r}, a minimum-norm attack. Expected one of "
                 f"{sorted(n for n, s in ATTACKS.items() if s.kind == 'bounded')}"
             )
-        if norm not in NORMS:
-            raise ValueError(f"Unknown norm. Expected one of {NORMS}. Received: norm={norm!r}")
+        check_choice("norm", norm, NORMS)
         if norm not in spec.norms:
             raise ValueError(
                 f"Attack {spec.name!r} does not support norm={norm!r}. Expected one of {list(spec.norms)}."
             )
-        self.eps = check_number("eps", eps, low=0, low_open=True)
+        self.eps = check_eps(eps, allow_zero=False)
         self.steps = check_positive_int("steps", steps)
         self.every = check_positive_int("every", every)
         self.batch_size = check_positive_int("batch_size", batch_size)
         if num_points is not None:
             check_positive_int("num_points", num_points)
         self.x, self.y = _labelled_points(validation_data, num_points)
-        self.attack, self.norm, self.seed = spec.name, norm, int(seed)
-        self.clip_min, self.clip_max = float(clip_min), float(clip_max)
+        self.attack, self.norm, self.seed = spec.name, norm, check_int("seed", seed)
+        self.clip_min, self.clip_max = check_clip_range(clip_min, clip_max)
         self.name, self.verbose = name, verbose
 
     def robust_accuracy(self, model) -> float:

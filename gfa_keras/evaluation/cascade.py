@@ -23,6 +23,7 @@ import tensorflow as tf
 from gfa_keras.evaluation import masking_checks
 from gfa_keras.attacks import ATTACKS, NORMS, AttackSpec, get_attack, perturbation_norms, validate_attack_inputs
 from gfa_keras.evaluation.report import RobustnessReport
+from gfa_keras.validation import check_choice, check_eps, check_int, check_positive_int
 
 __all__ = ["PRESETS", "evaluate_robustness"]
 
@@ -112,8 +113,7 @@ def evaluate_robustness(
     ```
     """
     eps_list = _validate_eps(eps)
-    if norm not in NORMS:
-        raise ValueError(f"Unknown norm. Expected one of {NORMS}. Received: norm={norm!r}")
+    check_choice("norm", norm, NORMS)
     specs = _resolve_attacks(attacks, norm, "attacks")
     min_specs = _resolve_attacks(list(minimum_norm_attacks), norm, "minimum_norm_attacks")
     wrong_kind = [s.name for s in min_specs if s.kind != "minimum_norm"]
@@ -122,8 +122,8 @@ def evaluate_robustness(
             "minimum_norm_attacks must be attacks of kind 'minimum_norm'. Expected some of "
             f"{sorted(n for n, s in ATTACKS.items() if s.kind == 'minimum_norm')}. Received: {wrong_kind}"
         )
-    _check_int("batch_size", batch_size)
-    _check_int("restarts", restarts)
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("restarts", restarts)
     if isinstance(steps, dict):
         unknown = sorted(set(steps) - {s.name for s in specs + min_specs})
         if unknown:
@@ -132,15 +132,13 @@ def evaluate_robustness(
                 f"Received: {unknown}"
             )
         for name, value in steps.items():
-            _check_int(f"steps[{name!r}]", value)
+            check_positive_int(f"steps[{name!r}]", value)
     elif steps is not None:
-        _check_int("steps", steps)
+        check_positive_int("steps", steps)
     if num_classes is not None:
-        _check_int("num_classes", num_classes)
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-        raise ValueError(f"seed must be an integer. Received: seed={seed!r}")
-    if verbose not in (0, 1, 2):
-        raise ValueError(f"verbose must be 0, 1 or 2. Received: verbose={verbose!r}")
+        check_positive_int("num_classes", num_classes)
+    check_int("seed", seed)
+    check_choice("verbose", verbose, (0, 1, 2), what="verbosity")
     x, y = _read_data(data)
     x, y = validate_attack_inputs(x, y, eps=eps_list[-1], norm=norm, clip_min=clip_min, clip_max=clip_max,
                                   num_classes=num_classes)
@@ -193,20 +191,11 @@ def evaluate_robustness(
     return report
 
 
-def _check_int(name, value):
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer. Received: {name}={value!r}")
-
-
 def _validate_eps(eps):
     values = list(eps) if isinstance(eps, (list, tuple, np.ndarray)) else [eps]
     if not values:
         raise ValueError("eps must be a number or a non-empty list of numbers. Received: eps=[]")
-    for e in values:
-        if isinstance(e, bool) or not isinstance(e, (int, float, np.integer, np.floating)):
-            raise ValueError(f"eps must hold numbers. Received: eps={eps!r}")
-        if not math.isfinite(e) or e < 0:
-            raise ValueError(f"eps must be finite and >= 0. Received: eps={eps!r}")
+    values = [check_eps(e, name="eps" if len(values) == 1 else f"eps[{i}]") for i, e in enumerate(values)]
     if any(b <= a for a, b in zip(values, values[1:])):
         raise ValueError(f"eps must be strictly increasing. Received: eps={eps!r}")
     return [float(e) for e in values]
