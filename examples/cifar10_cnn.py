@@ -25,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 
 import gfa_keras  # noqa: E402
-from gfa_keras.reports import html_report, plots  # noqa: E402
+from gfa_keras.reports import plots, report_directory  # noqa: E402
 from gfa_keras.architectures import build_architecture  # noqa: E402
 from gfa_keras.data import load_dataset  # noqa: E402
 
@@ -81,12 +81,12 @@ def main():
         report = gfa_keras.evaluate_robustness(base, (x_test, y_test), attacks, eps=[2 / 255, 4 / 255, EPS],
                                                verbose=0)
         landscape = plots.loss_along_directions(base, x_test[:100], y_test[:100])
-        html_report.add_to_report(args.out, label, robustness=report, history=history.history, landscape=landscape,
+        report_directory.add_to_report(args.out, label, robustness=report, history=history.history, landscape=landscape,
                                   training={**options, "epochs": epochs})
         results[label] = report
 
     # ## Wrap-up
-    paths = html_report.render_report(args.out)
+    paths = report_directory.render_report(args.out)
     print(f"\nworst-case accuracy on {len(x_test)} test points (Linf, {', '.join(report.attacks)})")
     print(f"{'model':<10}{'clean':>8}{'2/255':>8}{'4/255':>8}{'8/255':>8}")
     for label, report in results.items():

@@ -24,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 
 import gfa_keras  # noqa: E402
-from gfa_keras.reports import html_report  # noqa: E402
+from gfa_keras.reports import report_directory  # noqa: E402
 from gfa_keras.architectures import build_architecture  # noqa: E402
 from gfa_keras.data import load_dataset  # noqa: E402
 
@@ -89,12 +89,12 @@ def main():
         # ## Evaluate all on the same points, at two bounds
         report = gfa_keras.evaluate_robustness(base, (x_test, y_test), attacks, eps=[args.eps / 2, args.eps],
                                                verbose=0)
-        html_report.add_to_report(args.out, label, robustness=report, history=history.history,
+        report_directory.add_to_report(args.out, label, robustness=report, history=history.history,
                                   training={**options, "epochs": epochs, "seconds_per_epoch": seconds_per_epoch})
         results[label] = (report, seconds_per_epoch)
 
     # ## Wrap-up: one table, one chart
-    paths = html_report.render_report(args.out)
+    paths = report_directory.render_report(args.out)
     print(f"\nworst-case accuracy on {len(x_test)} test points (Linf, {', '.join(report.attacks)})")
     print(f"{'defense':<10}{'clean':>8}{'eps/2':>8}{'eps':>8}{'s/epoch':>9}{'flags':>7}")
     for label, (report, seconds) in results.items():

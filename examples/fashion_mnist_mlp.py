@@ -24,7 +24,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import gfa_keras  # noqa: E402
-from gfa_keras.reports import html_report, plots  # noqa: E402
+from gfa_keras.reports import plots, report_directory  # noqa: E402
 from gfa_keras.architectures import build_architecture  # noqa: E402
 from gfa_keras.data import load_dataset  # noqa: E402
 
@@ -78,13 +78,13 @@ def main():
             base, (x_test, y_test), attacks, eps=[args.eps / 2, args.eps], steps=steps,
             minimum_norm_attacks=("deepfool",), verbose=0)
         landscape = plots.loss_along_directions(base, x_test[:100], y_test[:100])
-        html_report.add_to_report(args.out, label, robustness=report, history=history.history,
+        report_directory.add_to_report(args.out, label, robustness=report, history=history.history,
                                   landscape=landscape, training={"layers": layers, "beta": args.penalty_weight,
                                                                  "epochs": epochs, "loss": "mse"})
         results[label] = report
 
     # ## Wrap-up: one table, and the report with every plot
-    paths = html_report.render_report(args.out)
+    paths = report_directory.render_report(args.out)
     print(f"\nworst-case accuracy on {len(x_test)} test points (Linf, {', '.join(report.attacks)})")
     print(f"{'model':<11}{'clean':>8}{'eps/2':>8}{'eps':>8}{'DeepFool median':>17}{'found':>7}")
     for label, report in results.items():

@@ -22,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 
 import gfa_keras  # noqa: E402
-from gfa_keras.reports import html_report  # noqa: E402
+from gfa_keras.reports import report_directory  # noqa: E402
 from gfa_keras.architectures import build_architecture  # noqa: E402
 from gfa_keras.data import load_dataset  # noqa: E402
 from gfa_keras.tuning.search import tune  # noqa: E402
@@ -69,11 +69,11 @@ def main():
     best = result.best_model.base_model
     report = gfa_keras.evaluate_robustness(best, data.test, "fast" if args.fast else "autoattack",
                                            eps=[args.eps], verbose=0)
-    html_report.add_to_report(args.out, "best", robustness=report, training=result.best_hyperparameters,
+    report_directory.add_to_report(args.out, "best", robustness=report, training=result.best_hyperparameters,
                               tuning={"objective": result.objective, "direction": result.direction,
                                       "best_hyperparameters": result.best_hyperparameters,
                                       "trials": result.trials})
-    paths = html_report.render_report(args.out)
+    paths = report_directory.render_report(args.out)
 
     # ## Wrap-up
     print(f"\nbest model on {len(data.x_test)} test points: clean {report.clean_accuracy:.3f}, "

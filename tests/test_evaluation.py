@@ -308,3 +308,27 @@ def test_an_int_steps_reaches_white_box_cascade_attacks_only(trained_digits_mode
                         minimum_norm_attacks=[recording("min_norm", kind="minimum_norm")],
                         steps=9, checks=False, verbose=0)
     assert received == {"white": {9}, "black": {3}, "min_norm": {3}}
+
+
+def test_each_attack_gets_exactly_its_own_options_and_the_report_records_them(trained_digits_model, data):
+    received = []
+
+    def attack(model, x, y, *, eps, norm="linf", clip_min=0.0, clip_max=1.0, seed=0, steps=3, restarts=1,
+               window=0.5):
+        received.append({"seed": seed, "steps": steps, "restarts": restarts, "window": window})
+        return x
+
+    def plain(model, x, y, *, eps, norm="linf", clip_min=0.0, clip_max=1.0, seed=0):
+        return x
+
+    report = evaluate_robustness(trained_digits_model, data, [spec("options", attack), spec("plain", plain)], 0.1,
+                                 restarts=2, seed=5, batch_size=60, checks=False, verbose=0)
+    # Two batches: seeds 5 and 6; no num_classes (no attack takes it), restarts only where declared.
+    assert received == [{"seed": 5, "steps": 3, "restarts": 2, "window": 0.5},
+                        {"seed": 6, "steps": 3, "restarts": 2, "window": 0.5}]
+    assert report.settings["budgets"] == {"options": {"steps": 3, "restarts": 2, "window": 0.5}, "plain": {}}
+
+
+def test_steps_for_an_attack_without_a_steps_option_is_an_error(trained_digits_model, data):
+    with pytest.raises(ValueError, match="steps names 'noise_a', which takes no steps option"):
+        evaluate_robustness(trained_digits_model, data, [NOISE_A], 0.1, steps={"noise_a": 5}, verbose=0)

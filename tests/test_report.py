@@ -2,9 +2,12 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
-from gfa_keras.evaluation.report import RobustnessReport
+from gfa_keras.evaluation.report import (
+    RobustnessReport, format_number, format_percent, json_ready, markdown_table, robustness_tables,
+)
 
 
 def make_report():
@@ -74,3 +77,26 @@ def test_summary_is_one_line_with_worst_case_and_flags():
     assert "clean 75.00%" in summary and "0.1: 50.00%" in summary and "0.2: 0.00%" in summary
     assert "deepfool median linf norm 0.1375" in summary
     assert "black_box_not_stronger (warn)" in summary
+
+
+def test_tables_are_one_source_for_markdown_and_the_dict_form():
+    report = make_report()
+    tables = robustness_tables(report)
+    assert robustness_tables(report.to_dict()) == tables
+    captions = [caption for caption, _, _ in tables]
+    assert captions == ["Robust accuracy (cumulative cascade, all points)",
+                        "Per attack: accuracy on the points still robust before it",
+                        "Minimum-norm attacks (linf)", "Gradient-masking checks", "Settings"]
+    markdown = report.to_markdown()
+    for caption, header, rows in tables:
+        assert "\n".join(markdown_table(header, rows)) in markdown
+    # The failed deepfool run (inf) keeps the median's text after the JSON round trip.
+    assert tables[2][2][0][1] == "0.1375"
+
+
+def test_number_formatting_and_json_cleaning():
+    assert format_percent(None) == "n/a" and format_percent(0.12345) == "12.35%"
+    assert format_number(math.inf) == "inf" and format_number(0.123456) == "0.1235" and format_number(3) == "3"
+    assert json_ready({"a": np.float32(0.5), "b": [np.inf, np.int64(2)], "c": np.arange(2)}) == \
+        {"a": 0.5, "b": [None, 2], "c": [0, 1]}
+    assert markdown_table(["a|b"], [["x"]]) == ["| a\\|b |", "|---|", "| x |"]

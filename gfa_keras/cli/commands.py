@@ -7,7 +7,7 @@
     gfa-keras report runs/plain runs/gfa --out runs/cmp
 
 Every command writes a report directory (`report.json`, `report.md`, `report.html`
-and PNG plots, see `gfa_keras.reports.html_report`).
+and PNG plots, see `gfa_keras.reports.report_directory`).
 
 Exit codes: 0 success; 1 the run failed (a file missing or corrupt, data not
 available, a value the library rejected: the message says which); 2 the command
@@ -32,7 +32,7 @@ from typing import Sequence
 import keras
 import numpy as np
 
-from gfa_keras.reports import html_report, plots
+from gfa_keras.reports import plots, report_directory
 from gfa_keras.architectures import ARCHITECTURES, build_architecture
 from gfa_keras.attacks import ATTACKS, NORMS
 from gfa_keras.data import load_dataset
@@ -452,13 +452,13 @@ def _evaluate_into_report(model, name, data, args, *, attacks, eps, norm, seed):
         usable = np.flatnonzero(np.any(data.x_test.reshape(len(data.x_test), -1) != 0, axis=1))
         points = usable[:args.landscape_points]
         landscape = plots.loss_along_directions(model, data.x_test[points], data.y_test[points], seed=seed)
-    html_report.add_to_report(out, name, robustness=report, landscape=landscape)
+    report_directory.add_to_report(out, name, robustness=report, landscape=landscape)
     state.unlink(missing_ok=True)
     return report
 
 
 def _finish_report(out):
-    paths = html_report.render_report(out)
+    paths = report_directory.render_report(out)
     print(f"report: {paths['html']}")
     return paths
 
@@ -586,7 +586,7 @@ def _train(args):
     base.save(model_path)
     print(f"model: {model_path}")
     training = {k: v for k, v in settings.items() if v is not None}
-    html_report.add_to_report(out, name, history=history, training=training)
+    report_directory.add_to_report(out, name, history=history, training=training)
     if args.evaluate:
         keras.utils.set_random_seed(args.seed)
         _evaluate_into_report(base, name, data, args, attacks=args.evaluate,
@@ -656,7 +656,7 @@ def _tune(args):
     tuning = {"objective": result.objective, "direction": result.direction,
               "best_hyperparameters": result.best_hyperparameters, "best_model": model_path.name,
               "trials": result.trials}
-    html_report.add_to_report(args.out, tuning=tuning)
+    report_directory.add_to_report(args.out, tuning=tuning)
     _finish_report(args.out)
     return EXIT_OK
 
@@ -669,12 +669,12 @@ def _report(args):
     if len(directories) > 1 and not args.out:
         raise _UsageError("several report directories are merged into one: give --out DIR")
     if args.out and (len(directories) > 1 or Path(args.out).resolve() != Path(directories[0]).resolve()):
-        html_report.merge_reports(directories, args.out, title=args.title)
+        report_directory.merge_reports(directories, args.out, title=args.title)
         target = args.out
     else:
         target = directories[0]
         if args.title:
-            html_report.add_to_report(target, title=args.title)
+            report_directory.add_to_report(target, title=args.title)
     _finish_report(target)
     return EXIT_OK
 

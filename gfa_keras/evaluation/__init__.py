@@ -1,13 +1,38 @@
 """Evaluation: how robust a model is, measured strictly.
 
-Owns the verified worst-case cascade over an attack suite (`cascade`), the
-gradient-masking checks (`masking_checks`), the `RobustnessReport` (`report`) and the
-`RobustAccuracy` callback that brings the same measurement into `fit` (`callbacks`).
+- `cascade`: `evaluate_robustness`, the verified per-example worst case over an attack suite.
+- `presets`: the attack presets and the budget each attack runs with (AutoAttack's
+  standard version for `"autoattack"`), and whether a run is that version.
+- `state`: the resumable partial results and the hashes that tie them to a run.
+- `progress`: progress bars.
+- `masking_checks`: the gradient-masking checks and which of them an evaluation runs.
+- `report`: `RobustnessReport`, its tables, number formatting and JSON cleaning.
+- `callbacks`: the `RobustAccuracy` callback that brings the measurement into `fit`.
+
 May import: `gfa_keras.attacks`, `gfa_keras.threat_model`, `gfa_keras.validation`. Never
-training internals, the tuner or the report directory.
+training internals, the tuner or the report directory. The names below load on first
+use, so `gfa_keras.evaluation.report` can be read without loading the attacks.
 """
-from gfa_keras.evaluation.callbacks import RobustAccuracy
-from gfa_keras.evaluation.cascade import PRESETS, evaluate_robustness
-from gfa_keras.evaluation.report import RobustnessReport
+import importlib
+
+_LAZY = {
+    "evaluate_robustness": "gfa_keras.evaluation.cascade",
+    "PRESETS": "gfa_keras.evaluation.presets",
+    "RobustnessReport": "gfa_keras.evaluation.report",
+    "RobustAccuracy": "gfa_keras.evaluation.callbacks",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'gfa_keras.evaluation' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = ["evaluate_robustness", "PRESETS", "RobustnessReport", "RobustAccuracy"]

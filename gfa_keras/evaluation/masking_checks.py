@@ -7,6 +7,10 @@ checks. Each check is a small function returning one flag,
 with eps, above chance at a bound that reaches every image), "warn" where they
 are suspicious. Checks on numbers take accuracies; checks on a model take a small
 sample of data.
+
+`model_checks` and `cascade_checks` decide which checks an evaluation runs and on
+what; the attacks they need run through a `probe` the evaluation passes in, so this
+module imports no attack.
 """
 from __future__ import annotations
 
@@ -26,6 +30,9 @@ __all__ = [
     "check_input_gradients",
     "check_outputs_are_logits",
     "check_deterministic",
+    "model_checks",
+    "cascade_checks",
+    "thoroughness_check",
 ]
 
 # Attacks that take one gradient step; any other white-box bounded attack is iterative.
@@ -343,3 +350,117 @@ def check_deterministic(model, x, repeats: int = 3, atol: float = 1e-4) -> dict:
                      f"to {diff:.3g}: the model is randomized (e.g. dropout or noise at inference). "
                      "Evaluate it with expectation over transformation instead.")
     return _flag("deterministic", "ok", f"{repeats} forward passes agree.")
+
+
+def not_checked(check: str, reason: str) -> dict:
+    """An "ok" flag saying why a check could not run."""
+    return _flag(check, "ok", "Not checked: " + reason)
+
+
+def model_checks(model, x, y) -> list:
+    """The checks on the model itself: input gradients, logits, determinism."""
+    return [check_input_gradients(model, x, y), check_outputs_are_logits(model, x), check_deterministic(model, x)]
+
+
+def _pair_flags(report, specs, check, is_weak, is_strong, check_fn):
+    """Flags for attacks that should add little after stronger ones in the cascade."""
+    names = [s.name for s in specs]
+    flags = []
+    for position, spec in enumerate(specs):
+        if not is_weak(spec):
+            continue
+        stronger = [s.name for s in specs[:position] if is_strong(s)]
+        if not stronger:
+            later = [s.name for s in specs[position + 1:] if is_strong(s)]
+            if later:
+                flags.append(not_checked(check, f"{spec.name} ran before {', '.join(later)}; "
+                                                "list it after them to compare."))
+            continue
+        before = report.robust_accuracy[names[position - 1]]
+        flags.append(check_fn(report.eps, before, report.robust_accuracy[spec.name],
+                              ", ".join(stronger), spec.name))
+    return flags
+
+
+def _chance(labels):
+    return float(np.max(np.bincount(np.asarray(labels)))) / len(labels)
+
+
+def cascade_checks(report, specs, probe, *, labels, sample_labels, input_shape, clip_min, clip_max) -> list:
+    """The checks on a cascade's results.
+
+    Args:
+        report: The `RobustnessReport` of the cascade.
+        specs: The cascade's `AttackSpec`s, in order.
+        probe: `probe(spec, eps, **budget_overrides)` -> the accuracy of `spec` alone at
+            `eps` on a fixed sample of the points.
+        labels: Labels of all evaluated points.
+        sample_labels: Labels of the probe's sample.
+        input_shape: Shape of one input.
+        clip_min: Lower end of the input box.
+        clip_max: Upper end of the input box.
+
+    Returns:
+        The flags.
+    """
+    flags = [check_accuracy_decreases_with_eps(report.eps, report.worst_case_accuracy)]
+    flags += _pair_flags(
+        report, specs, "iterative_beats_single_step",
+        lambda s: s.name in SINGLE_STEP_ATTACKS,
+        lambda s: s.white_box and s.name not in SINGLE_STEP_ATTACKS,
+        lambda e, before, after, strong, weak: check_iterative_beats_single_step(
+            e, before, after, iterative=strong, single_step=weak),
+    )
+    flags += _pair_flags(
+        report, specs, "black_box_not_stronger",
+        lambda s: not s.white_box,
+        lambda s: s.white_box,
+        lambda e, before, after, strong, weak: check_black_box_not_stronger(
+            e, before, after, white_box=strong, black_box=weak),
+    )
+    if specs:
+        big = large_eps(report.norm, input_shape, clip_min, clip_max)
+        reached = [(e, a) for e, a in zip(report.eps, report.worst_case_accuracy) if e >= big]
+        if reached:
+            flags.append(check_accuracy_at_large_eps(reached[0][1], _chance(labels), eps=reached[0][0]))
+        else:
+            # The evaluation did not reach that bound: probe it with the first white-box attack.
+            spec = next((s for s in specs if s.white_box), specs[0])
+            flag = check_accuracy_at_large_eps(probe(spec, big), _chance(sample_labels), eps=big)
+            flag["reason"] += f" ({spec.name} on {len(sample_labels)} points.)"
+            flags.append(flag)
+    return flags
+
+
+def thoroughness_check(report, specs, budgets, probe, sample_size: int) -> dict:
+    """Reruns the white-box attack that broke most points with twice its steps (or restarts).
+
+    Args:
+        report: The `RobustnessReport` of the cascade.
+        specs: The cascade's `AttackSpec`s.
+        budgets: `{attack name: {option: value}}` as run.
+        probe: As in `cascade_checks`.
+        sample_size: Points in the probe's sample, for the message.
+
+    Returns:
+        The flag.
+    """
+    check = "more_iterations_change_little"
+    white = [s for s in specs if s.white_box]
+    if not white:
+        return not_checked(check, "no white-box attack ran.")
+    spec = max(white, key=lambda s: sum(by == s.name for by in report.broken_by[0]))
+    budget = budgets[spec.name]
+    if isinstance(budget.get("steps"), int):
+        option = "steps"
+    elif isinstance(budget.get("restarts"), int):
+        option = "restarts"
+    else:
+        return not_checked(check, f"{spec.name} takes neither steps nor restarts.")
+    value = budget[option]
+    eps = report.eps[0]
+    flag = check_more_iterations_change_little(
+        probe(spec, eps), probe(spec, eps, **{option: 2 * value}), attack=spec.name,
+        what=f"{2 * value} instead of {value} {option}")
+    flag["reason"] += f" (eps={eps:g}, {sample_size} points.)"
+    return flag

@@ -1,39 +1,121 @@
-"""The result of `evaluate_robustness`: plain data, JSON round trip, Markdown tables.
+"""The result of `evaluate_robustness`: plain data, JSON round trip, and its tables.
 
 `RobustnessReport` holds only numbers, strings, lists and dicts, so that other tools
-(HTML pages, plots) can be built from its JSON without importing TensorFlow.
+(HTML pages, plots) can be built from its JSON without TensorFlow. The tables, the
+number formatting and the JSON cleaning are defined here once: `to_markdown` and the
+report directory's Markdown and HTML pages (`gfa_keras.reports`) render the same
+`robustness_tables`.
 """
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import math
 import os
+from typing import Mapping
 
-__all__ = ["RobustnessReport", "FLAG_STATUSES"]
+import numpy as np
+
+__all__ = [
+    "RobustnessReport",
+    "FLAG_STATUSES",
+    "build_report",
+    "norm_statistics",
+    "json_ready",
+    "format_percent",
+    "format_number",
+    "markdown_table",
+    "robustness_tables",
+]
 
 FLAG_STATUSES = ("ok", "warn", "fail")
 
 
-def _json_safe(value):
-    """Infinite and NaN floats become `None`: strict JSON has no Infinity."""
+def json_ready(value):
+    """Plain JSON values: `to_dict()` objects and NumPy values converted, non-finite floats `None`.
+
+    Strict JSON has no Infinity or NaN; readers turn `None` back where it stands for inf.
+    """
+    if hasattr(value, "to_dict"):
+        value = value.to_dict()
+    if isinstance(value, Mapping):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
     return value
 
 
-def _percent(value):
+def format_percent(value) -> str:
+    """`0.1234` -> `"12.34%"`; `None` -> `"n/a"`."""
     return "n/a" if value is None else f"{100.0 * value:.2f}%"
 
 
-def _norm_text(value):
+def format_number(value) -> str:
+    """Floats to 4 significant digits (`inf` for infinity), `None` -> `"n/a"`, anything else `str`."""
     if value is None:
         return "n/a"
-    return "inf" if math.isinf(value) else f"{value:.4g}"
+    if isinstance(value, float):
+        return "inf" if math.isinf(value) else f"{value:.4g}"
+    return str(value)
+
+
+def markdown_table(header, rows) -> list:
+    """Markdown lines of one table, `|` in cells escaped."""
+    cells = [[str(c).replace("|", "\\|") for c in row] for row in [header, *rows]]
+    lines = ["| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in cells[1:]]
+
+
+def _setting_text(value):
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+
+
+def robustness_tables(report) -> list:
+    """The tables of a report, as `(caption, header, rows)` with every cell a string.
+
+    Args:
+        report: A `RobustnessReport` or its dict (`to_dict()` / JSON).
+
+    Returns:
+        In order: the cumulative cascade, each attack on the points handed to it, the
+        minimum-norm attacks, the gradient-masking checks, the settings; the tables
+        with no content are left out.
+    """
+    r = report.to_dict() if isinstance(report, RobustnessReport) else report
+    attacks, eps = r["attacks"], r["eps"]
+    tables = []
+    if attacks:
+        rows = [[f"{e:g}"] + [format_percent(r["robust_accuracy"][a][i]) for a in attacks]
+                + [format_percent(r["worst_case_accuracy"][i])] for i, e in enumerate(eps)]
+        tables.append(("Robust accuracy (cumulative cascade, all points)",
+                       ["eps"] + [f"after {a}" for a in attacks] + ["worst case"], rows))
+        rows = []
+        for i, e in enumerate(eps):
+            for position, attack in enumerate(attacks):
+                earlier = {"clean", *attacks[:position]}
+                attacked = sum(by not in earlier for by in r["broken_by"][i])
+                broken = sum(by == attack for by in r["broken_by"][i])
+                rows.append([attack, f"{e:g}", str(attacked), str(broken),
+                             format_percent(r["attack_accuracy"][attack][i])])
+        tables.append(("Per attack: accuracy on the points still robust before it",
+                       ["attack", "eps", "points attacked", "points broken", "accuracy on attacked"], rows))
+    if r.get("minimum_norm"):
+        rows = [[a, format_number(math.inf if s["median"] is None else s["median"]), format_number(s["mean"]),
+                 format_percent(s["success_rate"])] for a, s in r["minimum_norm"].items()]
+        tables.append((f"Minimum-norm attacks ({r['norm']})",
+                       ["attack", "median norm", "mean norm (successes)", "success rate"], rows))
+    if r.get("flags"):
+        tables.append(("Gradient-masking checks", ["check", "status", "reason"],
+                       [[f["check"], f["status"], f["reason"]] for f in r["flags"]]))
+    if r.get("settings"):
+        tables.append(("Settings", ["setting", "value"],
+                       [[k, _setting_text(v)] for k, v in r["settings"].items()]))
+    return tables
 
 
 @dataclasses.dataclass
@@ -94,7 +176,7 @@ class RobustnessReport:
 
     def to_dict(self) -> dict:
         """The report as a dict of plain JSON-ready values (`inf` becomes `None`)."""
-        return _json_safe(dataclasses.asdict(self))
+        return json_ready(dataclasses.asdict(self))
 
     def to_json(self, path: str | os.PathLike | None = None, indent: int = 1) -> str:
         """Serializes the report to JSON.
@@ -141,58 +223,91 @@ class RobustnessReport:
     def summary(self) -> str:
         """One line: clean accuracy, worst case at each eps, and how many flags fired."""
         name = self.settings.get("model_name", "model")
-        worst = ", ".join(f"{e:g}: {_percent(a)}" for e, a in zip(self.eps, self.worst_case_accuracy))
+        worst = ", ".join(f"{e:g}: {format_percent(a)}" for e, a in zip(self.eps, self.worst_case_accuracy))
         text = (
-            f"{name}: clean {_percent(self.clean_accuracy)}, worst-case robust accuracy "
+            f"{name}: clean {format_percent(self.clean_accuracy)}, worst-case robust accuracy "
             f"({self.norm}) {worst} over {self.settings.get('num_points', '?')} points "
             f"[{', '.join(self.attacks)}]"
         )
         for attack, stats in self.minimum_norm.items():
-            text += f"; {attack} median {self.norm} norm {_norm_text(stats['median'])}"
+            text += f"; {attack} median {self.norm} norm {format_number(stats['median'])}"
         fired = [f for f in self.flags if f["status"] != "ok"]
         if fired:
             text += "; flags: " + ", ".join(f"{f['check']} ({f['status']})" for f in fired)
         return text
 
     def to_markdown(self) -> str:
-        """Markdown tables for a human reader: accuracies, breakdown, norms, flags, settings."""
+        """Markdown for a human reader: the summary and every table of `robustness_tables`."""
         lines = ["# Robustness report", "", self.summary(), ""]
-        lines += [f"Clean accuracy: {_percent(self.clean_accuracy)}", ""]
-        if self.attacks:
-            lines += ["## Robust accuracy (cumulative cascade, all points)", ""]
-            lines += ["| eps | " + " | ".join(f"after {a}" for a in self.attacks) + " | worst case |"]
-            lines += ["|---" * (len(self.attacks) + 2) + "|"]
-            for i, e in enumerate(self.eps):
-                cells = [_percent(self.robust_accuracy[a][i]) for a in self.attacks]
-                lines += [f"| {e:g} | " + " | ".join(cells) + f" | {_percent(self.worst_case_accuracy[i])} |"]
-            lines += ["", "## Per attack: accuracy on the points still robust before it", ""]
-            lines += ["| attack | eps | points attacked | points broken | accuracy on attacked |"]
-            lines += ["|---|---|---|---|---|"]
-            for i, e in enumerate(self.eps):
-                for position, attack in enumerate(self.attacks):
-                    earlier = {"clean", *self.attacks[:position]}
-                    attacked = sum(by not in earlier for by in self.broken_by[i])
-                    broken = sum(by == attack for by in self.broken_by[i])
-                    lines += [
-                        f"| {attack} | {e:g} | {attacked} | {broken} | "
-                        f"{_percent(self.attack_accuracy[attack][i])} |"
-                    ]
-            lines += [""]
-        if self.minimum_norm:
-            lines += [f"## Minimum-norm attacks ({self.norm})", ""]
-            lines += ["| attack | median norm | mean norm (successes) | success rate |", "|---|---|---|---|"]
-            for attack, stats in self.minimum_norm.items():
-                lines += [
-                    f"| {attack} | {_norm_text(stats['median'])} | {_norm_text(stats['mean'])} | "
-                    f"{_percent(stats['success_rate'])} |"
-                ]
-            lines += [""]
-        if self.flags:
-            lines += ["## Gradient-masking checks", "", "| check | status | reason |", "|---|---|---|"]
-            for flag in self.flags:
-                lines += [f"| {flag['check']} | {flag['status']} | {flag['reason']} |"]
-            lines += [""]
-        lines += ["## Settings", "", "| setting | value |", "|---|---|"]
-        for key, value in self.settings.items():
-            lines += [f"| {key} | {value} |"]
-        return "\n".join(lines) + "\n"
+        lines += [f"Clean accuracy: {format_percent(self.clean_accuracy)}", ""]
+        for caption, header, rows in robustness_tables(self):
+            lines += [f"## {caption}", "", *markdown_table(header, rows), ""]
+        return "\n".join(lines)
+
+
+def norm_statistics(norms, correct) -> dict:
+    """Median / mean / success rate of a minimum-norm attack's per-point norms.
+
+    Args:
+        norms: Per point: 0 where the clean point is misclassified, the norm found,
+            or inf where the attack failed.
+        correct: Per point, whether the clean point is classified correctly.
+
+    Returns:
+        `{"median", "mean", "success_rate", "norms"}` as documented on `RobustnessReport`.
+    """
+    norms, correct = np.asarray(norms, dtype=np.float64), np.asarray(correct, dtype=bool)
+    broken = np.isfinite(norms) & correct
+    return {
+        "median": float(np.median(norms)),
+        "mean": float(np.mean(norms[broken])) if broken.any() else None,
+        "success_rate": float(broken.sum() / correct.sum()) if correct.any() else None,
+        "norms": norms.tolist(),
+    }
+
+
+def build_report(correct, eps, norm, attacks, broken_by, minimum_norm, settings, model_name,
+                 versions) -> RobustnessReport:
+    """A `RobustnessReport` from the cascade's per-point outcomes.
+
+    Args:
+        correct: Per point, whether the clean point is classified correctly.
+        eps: The bounds, one cascade each.
+        norm: The threat model.
+        attacks: Attack names in cascade order.
+        broken_by: Per eps, per point: `"clean"`, the first attack that broke it, or None.
+        minimum_norm: `{attack: norm_statistics(...)}`.
+        settings: The evaluation settings to record.
+        model_name: The model's name.
+        versions: `{package: version}` to record.
+
+    Returns:
+        The report, without flags.
+    """
+    robust_accuracy = {n: [] for n in attacks}
+    attack_accuracy = {n: [] for n in attacks}
+    for row in broken_by:
+        for position, name in enumerate(attacks):
+            earlier = {"clean", *attacks[:position]}
+            attacked = sum(by not in earlier for by in row)
+            broken = sum(by == name for by in row)
+            robust_accuracy[name].append(float((attacked - broken) / len(row)))
+            attack_accuracy[name].append(None if attacked == 0 else 1.0 - broken / attacked)
+    settings = {
+        **settings,
+        "model_name": str(model_name),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": dict(versions),
+    }
+    return RobustnessReport(
+        clean_accuracy=float(np.mean(correct)),
+        eps=list(eps),
+        norm=norm,
+        attacks=list(attacks),
+        robust_accuracy=robust_accuracy,
+        attack_accuracy=attack_accuracy,
+        worst_case_accuracy=[float(np.mean([b is None for b in row])) for row in broken_by],
+        broken_by=[list(row) for row in broken_by],
+        minimum_norm=minimum_norm,
+        settings=settings,
+    )

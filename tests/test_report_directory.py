@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import websocket
 
-from gfa_keras.reports import html_report
+from gfa_keras.reports import report_directory
 from gfa_keras.evaluation.report import RobustnessReport
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -49,52 +49,52 @@ TUNING = {"objective": "val_tradeoff", "best_hyperparameters": {"penalty_weight"
 def full_report(directory):
     """Two models (one with every section) and tuning results: every plot kind."""
     flag = {"check": "iterative_beats_single_step", "status": "warn", "reason": "a <b>weaker</b> attack won"}
-    html_report.add_to_report(directory, "plain", robustness=make_report(0.9, [0.5, 0.25]), title="Digits <demo>")
-    html_report.add_to_report(directory, "gfa & co", robustness=make_report(0.85, [0.6, 0.35], with_norms=True,
+    report_directory.add_to_report(directory, "plain", robustness=make_report(0.9, [0.5, 0.25]), title="Digits <demo>")
+    report_directory.add_to_report(directory, "gfa & co", robustness=make_report(0.85, [0.6, 0.35], with_norms=True,
                                                                             flags=[flag]),
                               history=HISTORY, landscape=LANDSCAPE, training={"method": "gfa", "beta": 0.01})
-    html_report.add_to_report(directory, tuning=TUNING)
-    return html_report.render_report(directory)
+    report_directory.add_to_report(directory, tuning=TUNING)
+    return report_directory.render_report(directory)
 
 
 def test_add_to_report_merges_models_and_replaces_a_section(tmp_path):
-    html_report.add_to_report(tmp_path, "a", robustness=make_report(0.9, [0.5, 0.2]))
-    html_report.add_to_report(tmp_path, "b", history=HISTORY)
-    html_report.add_to_report(tmp_path, "a", robustness=make_report(0.7, [0.4, 0.1]))
+    report_directory.add_to_report(tmp_path, "a", robustness=make_report(0.9, [0.5, 0.2]))
+    report_directory.add_to_report(tmp_path, "b", history=HISTORY)
+    report_directory.add_to_report(tmp_path, "a", robustness=make_report(0.7, [0.4, 0.1]))
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["format"] == "gfa_keras.evaluation.report" and data["title"] == tmp_path.name
     assert sorted(data["models"]) == ["a", "b"]
     assert data["models"]["a"]["robustness"]["clean_accuracy"] == 0.7
     assert data["models"]["b"]["history"] == HISTORY
     # strict JSON: the infinite norm of a failed attack is null
-    html_report.add_to_report(tmp_path, "c", robustness=make_report(0.9, [0.5, 0.2], with_norms=True))
+    report_directory.add_to_report(tmp_path, "c", robustness=make_report(0.9, [0.5, 0.2], with_norms=True))
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["models"]["c"]["robustness"]["minimum_norm"]["deepfool"]["norms"][-1] is None
 
 
 def test_model_sections_need_a_name(tmp_path):
     with pytest.raises(ValueError, match="model_name=None"):
-        html_report.add_to_report(tmp_path, robustness=make_report(0.9, [0.5, 0.2]))
+        report_directory.add_to_report(tmp_path, robustness=make_report(0.9, [0.5, 0.2]))
 
 
 def test_load_report_rejects_missing_and_foreign_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="No report.json"):
-        html_report.load_report(tmp_path)
+        report_directory.load_report(tmp_path)
     (tmp_path / "report.json").write_text('{"models": {}}')
     with pytest.raises(ValueError, match="format=None"):
-        html_report.load_report(tmp_path)
+        report_directory.load_report(tmp_path)
     (tmp_path / "report.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
-        html_report.load_report(tmp_path)
+        report_directory.load_report(tmp_path)
 
 
 def test_merge_reports_combines_models_and_refuses_duplicates(tmp_path):
-    html_report.add_to_report(tmp_path / "one", "plain", robustness=make_report(0.9, [0.5, 0.2]))
-    html_report.add_to_report(tmp_path / "two", "gfa", robustness=make_report(0.8, [0.6, 0.3]))
-    html_report.merge_reports([tmp_path / "one", tmp_path / "two"], tmp_path / "both", title="both")
-    assert sorted(html_report.load_report(tmp_path / "both")["models"]) == ["gfa", "plain"]
+    report_directory.add_to_report(tmp_path / "one", "plain", robustness=make_report(0.9, [0.5, 0.2]))
+    report_directory.add_to_report(tmp_path / "two", "gfa", robustness=make_report(0.8, [0.6, 0.3]))
+    report_directory.merge_reports([tmp_path / "one", tmp_path / "two"], tmp_path / "both", title="both")
+    assert sorted(report_directory.load_report(tmp_path / "both")["models"]) == ["gfa", "plain"]
     with pytest.raises(ValueError, match="'plain' is in both"):
-        html_report.merge_reports([tmp_path / "one", tmp_path / "both"], tmp_path / "again")
+        report_directory.merge_reports([tmp_path / "one", tmp_path / "both"], tmp_path / "again")
 
 
 def test_render_writes_markdown_tables_and_one_self_contained_page(tmp_path):
@@ -107,11 +107,14 @@ def test_render_writes_markdown_tables_and_one_self_contained_page(tmp_path):
     assert "| gfa & co | 85.00% | 60.00% | 35.00% | apgd_ce, square | iterative_beats_single_step (warn) |" \
         in markdown
     assert "| 0.1 | 40.00% | 35.00% | 35.00% |" in markdown  # gfa's cascade: apgd_ce, then square, worst case
+    # The per-attack table, from the same table data as RobustnessReport.to_markdown, in both pages.
+    assert "| apgd_ce | 0.1 | 3 | 1 | 50.00% |" in markdown
     assert all(f"]({name})" in markdown for name in pngs)
     assert "| 1 | FAILED | 0.9 | n/a | n/a | n/a |" in markdown and "tuner/epochs" not in markdown
     page = paths["html"].read_text()
     assert page.count('<img src="data:image/png;base64,') == len(pngs)
     assert "src=\"http" not in page and "<script" not in page
+    assert "<td>apgd_ce</td><td>0.1</td><td>3</td><td>1</td><td>50.00%</td>" in page
     assert "Digits &lt;demo&gt;" in page and "a &lt;b&gt;weaker&lt;/b&gt; attack won" in page
 
 

@@ -1,5 +1,10 @@
 """A report directory: one JSON with every result, rendered as Markdown, PNG plots and one HTML page.
 
+This module owns the directory: it reads, merges and writes `report.json`, draws the
+plots, lays out the page's content (`report_sections`: the same tables for Markdown
+and HTML, the robustness ones from `gfa_keras.evaluation.report.robustness_tables`),
+writes the Markdown, and has `gfa_keras.reports.html` render the HTML page.
+
 Layout of a report directory:
 
 | file | what |
@@ -16,19 +21,17 @@ models. Neither needs TensorFlow.
 """
 from __future__ import annotations
 
-import base64
 import datetime
-import html
 import json
-import math
 import os
 import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import numpy as np
-
-from gfa_keras.reports import plots
+from gfa_keras.evaluation.report import (
+    format_number, format_percent, json_ready, markdown_table, robustness_tables,
+)
+from gfa_keras.reports import html, plots
 
 __all__ = [
     "REPORT_FORMAT",
@@ -39,6 +42,7 @@ __all__ = [
     "load_report",
     "merge_reports",
     "render_report",
+    "report_sections",
 ]
 
 REPORT_FORMAT = "gfa_keras.evaluation.report"
@@ -47,21 +51,6 @@ REPORT_MARKDOWN = "report.md"
 REPORT_HTML = "report.html"
 _VERSION = 1
 _SECTIONS = ("robustness", "history", "landscape", "training")
-
-
-def _json_ready(value):
-    """NumPy scalars and arrays become Python values, and non-finite floats None (strict JSON)."""
-    if hasattr(value, "to_dict"):
-        value = value.to_dict()
-    if isinstance(value, Mapping):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _empty_report(title):
@@ -155,9 +144,9 @@ def add_to_report(directory: str | os.PathLike, model_name: str | None = None, *
     if title is not None:
         data["title"] = title
     if sections:
-        data["models"].setdefault(model_name, {}).update(_json_ready(sections))
+        data["models"].setdefault(model_name, {}).update(json_ready(sections))
     if tuning is not None:
-        data["tuning"] = _json_ready(tuning)
+        data["tuning"] = json_ready(tuning)
     _write_text(path, json.dumps(data, indent=1, allow_nan=False))
     return path
 
@@ -232,8 +221,12 @@ def render_report(directory: str | os.PathLike) -> dict[str, Path]:
     directory = Path(directory)
     data = load_report(directory)
     figures = _draw_figures(data, directory)
-    markdown = _markdown(data, figures)
-    page = _html(data, figures)
+    sections = [(heading, tables, [figures[k] for k in _figure_keys(keys, figures)])
+                for heading, tables, keys in report_sections(data)]
+    sections = [section for section in sections if section[1] or section[2]]
+    written = _now()
+    markdown = _markdown(data["title"], sections, written)
+    page = html.render_page(data["title"], sections, written)
     paths = {"json": directory / REPORT_JSON, "markdown": directory / REPORT_MARKDOWN,
              "html": directory / REPORT_HTML}
     _write_text(paths["markdown"], markdown)
@@ -291,18 +284,6 @@ def _draw_figures(data, directory):
     return figures
 
 
-def _percent(value):
-    return "n/a" if value is None else f"{100.0 * value:.2f}%"
-
-
-def _number(value):
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
 def _summary_rows(models):
     """Header and rows: model, clean, worst case per (norm, eps), attacks, flags fired."""
     robust = {n: m["robustness"] for n, m in models.items() if m.get("robustness")}
@@ -312,33 +293,15 @@ def _summary_rows(models):
     for name, r in robust.items():
         worst = {(r["norm"], e): a for e, a in zip(r["eps"], r["worst_case_accuracy"])}
         fired = [f"{f['check']} ({f['status']})" for f in r.get("flags", []) if f["status"] != "ok"]
-        rows.append([name, _percent(r["clean_accuracy"])] + [_percent(worst.get(c)) if c in worst else "-"
+        rows.append([name, format_percent(r["clean_accuracy"])] + [format_percent(worst.get(c)) if c in worst else "-"
                                                              for c in columns]
                     + [", ".join(r["attacks"]), ", ".join(fired) or "none"])
     return header, rows
 
 
-def _cascade_rows(r):
-    header = ["eps"] + [f"after {a}" for a in r["attacks"]] + ["worst case"]
-    rows = [[f"{e:g}"] + [_percent(r["robust_accuracy"][a][i]) for a in r["attacks"]]
-            + [_percent(r["worst_case_accuracy"][i])] for i, e in enumerate(r["eps"])]
-    return header, rows
-
-
-def _minimum_norm_rows(r):
-    header = ["attack", "median norm", "mean norm (successes)", "success rate"]
-    rows = [[a, _number(s["median"]) if s["median"] is not None else "inf", _number(s["mean"]),
-             _percent(s["success_rate"])] for a, s in r.get("minimum_norm", {}).items()]
-    return header, rows
-
-
-def _flag_rows(r):
-    return ["check", "status", "reason"], [[f["check"], f["status"], f["reason"]] for f in r.get("flags", [])]
-
-
 def _history_rows(history):
     """The last epoch's value of each logged metric."""
-    return ["metric", "last epoch"], [[k, _number(v[-1] if v else None)] for k, v in history.items()]
+    return ["metric", "last epoch"], [[k, format_number(v[-1] if v else None)] for k, v in history.items()]
 
 
 def _settings_rows(settings):
@@ -353,14 +316,22 @@ def _trial_rows(trials):
     rows = []
     for t in trials:
         hp = t.get("hyperparameters") or {}
-        rows.append([str(t.get("trial_id", "")), str(t.get("status", ""))] + [_number(hp.get(n)) for n in names]
-                    + [_percent(t.get("clean_accuracy")), _percent(t.get("robust_accuracy")),
-                       _number(t.get("objective"))])
+        rows.append([str(t.get("trial_id", "")), str(t.get("status", ""))] + [format_number(hp.get(n)) for n in names]
+                    + [format_percent(t.get("clean_accuracy")), format_percent(t.get("robust_accuracy")),
+                       format_number(t.get("objective"))])
     return header, rows
 
 
-def _sections(data):
-    """The report's content as (heading, [(caption, header, rows)], [figure keys]) in page order."""
+def report_sections(data: dict) -> list:
+    """The content of a report's pages, shared by its Markdown and HTML.
+
+    Args:
+        data: A report dict (`load_report`).
+
+    Returns:
+        `[(heading, [(caption, header, rows)], [figure keys])]` in page order, every
+        table cell a string.
+    """
     models = data["models"]
     out = []
     summary = _summary_rows(models)
@@ -370,17 +341,12 @@ def _sections(data):
         r = sections.get("robustness")
         tables = []
         if r:
-            tables.append(("Robust accuracy (cumulative cascade, all points)", *_cascade_rows(r)))
-            if r.get("minimum_norm"):
-                tables.append((f"Minimum-norm attacks ({r['norm']})", *_minimum_norm_rows(r)))
-            if r.get("flags"):
-                tables.append(("Gradient-masking checks", *_flag_rows(r)))
+            tables += [("Evaluation settings" if caption == "Settings" else caption, header, rows)
+                       for caption, header, rows in robustness_tables(r)]
         if sections.get("training"):
             tables.append(("Training settings", *_settings_rows(sections["training"])))
         if sections.get("history"):
             tables.append(("Training metrics", *_history_rows(sections["history"])))
-        if r:
-            tables.append(("Evaluation settings", *_settings_rows(r.get("settings", {}))))
         out.append((f"Model: {name}", tables, [f"alignment_{_slug(name)}"]))
     out.append(("Perturbation norms and loss landscape", [], ["minimum_norms", "loss_landscape"]))
     tuning = data.get("tuning")
@@ -403,70 +369,17 @@ def _figure_keys(keys, figures):
     return found
 
 
-def _markdown(data, figures):
-    lines = [f"# {data['title']}", "", f"Written by gfa_keras on {_now()}.", ""]
-    for heading, tables, keys in _sections(data):
-        shown = _figure_keys(keys, figures)
-        if not tables and not shown:
-            continue
+def _markdown(title, sections, written):
+    lines = [f"# {title}", "", f"Written by gfa_keras on {written}.", ""]
+    for heading, tables, shown in sections:
         lines += ["## " + heading, ""]
         for caption, header, rows in tables:
             if caption:
                 lines += [f"### {caption}", ""]
-            cells = [[c.replace("|", "\\|") for c in row] for row in [header] + rows]
-            lines += ["| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(header)]
-            lines += ["| " + " | ".join(row) + " |" for row in cells[1:]] + [""]
-        for key in shown:
-            path, caption = figures[key]
+            lines += markdown_table(header, rows) + [""]
+        for path, caption in shown:
             lines += [f"![{caption}]({path.name})", ""]
     return "\n".join(lines)
-
-
-_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; padding: 0 1rem; }
-table { border-collapse: collapse; margin: 0.5rem 0 1.2rem; font-size: 0.92rem; }
-th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: left; vertical-align: top; }
-th { background: #f2f2f2; }
-h3 { font-size: 1rem; margin-bottom: 0.2rem; }
-figure { margin: 1rem 0; }
-img { max-width: 100%; height: auto; border: 1px solid #eee; }
-figcaption { color: #555; font-size: 0.9rem; }
-"""
-
-
-def _html_table(header, rows):
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>\n" for row in rows)
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>\n"
-
-
-def _html_figure(path, caption):
-    encoded = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    alt = html.escape(caption)
-    return (f'<figure><img src="data:image/png;base64,{encoded}" alt="{alt}">'
-            f"<figcaption>{alt}</figcaption></figure>\n")
-
-
-def _html(data, figures):
-    title = html.escape(data["title"])
-    # An empty data-URI icon stops the browser from requesting /favicon.ico.
-    parts = [
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n",
-        f"<title>{title}</title>\n<link rel=\"icon\" href=\"data:,\">\n<style>{_STYLE}</style>\n</head>\n<body>\n",
-        f"<h1>{title}</h1>\n<p>Written by gfa_keras on {html.escape(_now())}.</p>\n",
-    ]
-    for heading, tables, keys in _sections(data):
-        shown = _figure_keys(keys, figures)
-        if not tables and not shown:
-            continue
-        parts.append(f"<h2>{html.escape(heading)}</h2>\n")
-        for caption, header, rows in tables:
-            if caption:
-                parts.append(f"<h3>{html.escape(caption)}</h3>\n")
-            parts.append(_html_table(header, rows))
-        parts += [_html_figure(*figures[key]) for key in shown]
-    parts.append("</body>\n</html>\n")
-    return "".join(parts)
 
 
 def _now():
