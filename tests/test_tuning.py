@@ -155,7 +155,12 @@ def test_a_search_where_every_trial_failed_raises_why(data, tmp_path):
     ({"objective": "alignment", "methods": ("gfa", "pgd")}, ValueError, "only"),
     ({"objective": kt.Objective("val_no_such_metric", "max")}, ValueError, "would report the objective"),
     ({"layers": (3, 7)}, ValueError, "more weighted layers"),
-    ({"tuner": "grid"}, ValueError, "Unknown tuner"),
+    ({"tuner": "grid"}, ValueError, r"Unknown tuner\. Expected one of \['random', 'bayesian', 'hyperband'\]\. Received: tuner='grid'"),
+    ({"norm": "l1"}, ValueError, r"Unknown norm\. Expected one of \['linf', 'l2'\]\. Received: norm='l1'"),
+    ({"seed": 1.5}, ValueError, r"seed must be an integer\. Received: seed=1\.5"),
+    ({"eps": 0.0}, ValueError, r"eps must be a finite number > 0\. Received: eps=0\.0"),
+    ({"epochs": 0}, ValueError, r"epochs must be a positive integer\. Received: epochs=0"),
+    ({"tradeoff_weight": 1.5}, ValueError, r"tradeoff_weight must be a finite number >= 0 and <= 1\. Received"),
 ])
 def test_bad_input_fails_before_any_trial(data, tmp_path, kwargs, error, message):
     x, y, validation = data

@@ -41,8 +41,7 @@ import numpy as np
 
 from gfa_keras.reports import plots
 from gfa_keras.attacks import ATTACKS, NORMS, get_attack
-from gfa_keras.validation import check_number as _check_number
-from gfa_keras.validation import check_positive_int as _check_int
+from gfa_keras.validation import check_choice, check_eps, check_int, check_number, check_positive_int
 from gfa_keras.evaluation.callbacks import RobustAccuracy
 from gfa_keras.training.methods import DEFAULT_PENALTY_WEIGHTS, METHODS, harden
 from gfa_keras.training.model import check_base_model
@@ -143,17 +142,18 @@ class GFAHyperModel(kt.HyperModel):
         self.method_options = dict(method_options or {})
         self.optimizer, self.loss, self.metrics = optimizer, loss, list(metrics)
         self.attack = _check_attack(attack, norm)
-        self.eps = None if eps is None else _check_number("eps", eps, low=0.0, low_open=True)
-        self.norm, self.attack_steps, self.robust_points = norm, _check_int("attack_steps", attack_steps), None
+        self.eps = None if eps is None else check_eps(eps, allow_zero=False)
+        self.norm, self.robust_points = norm, None
+        self.attack_steps = check_positive_int("attack_steps", attack_steps)
         if robust_points is not None:
-            self.robust_points = _check_int("robust_points", robust_points)
-        self.seed = int(seed)
-        self.tradeoff_weight = _check_number("tradeoff_weight", tradeoff_weight, 0.0, 1.0)
-        self.alignment_target = _check_number("alignment_target", alignment_target, -1.0, 1.0)
-        self.task_loss_weight = _check_number("task_loss_weight", task_loss_weight, 0.0)
+            self.robust_points = check_positive_int("robust_points", robust_points)
+        self.seed = check_int("seed", seed)
+        self.tradeoff_weight = check_number("tradeoff_weight", tradeoff_weight, 0.0, 1.0)
+        self.alignment_target = check_number("alignment_target", alignment_target, -1.0, 1.0)
+        self.task_loss_weight = check_number("task_loss_weight", task_loss_weight, 0.0)
         self.reference_task_loss = None
         if reference_task_loss is not None:
-            self.reference_task_loss = _check_number("reference_task_loss", reference_task_loss, 0.0,
+            self.reference_task_loss = check_number("reference_task_loss", reference_task_loss, 0.0,
                                                      low_open=True)
         if named in _NEEDS_ATTACK and self.eps is None:
             raise ValueError(
@@ -444,11 +444,11 @@ def tune(model, x=None, y=None, *, validation_data, tuner: str = "random", max_t
     result.plot_tradeoff("tradeoff.png")
     ```
     """
-    if tuner not in TUNERS:
-        raise ValueError(f"Unknown tuner. Expected one of {list(TUNERS)}. Received: tuner={tuner!r}")
+    check_choice("tuner", tuner, TUNERS)
     for name, value in (("max_trials", max_trials), ("epochs", epochs), ("batch_size", batch_size),
                         ("max_consecutive_failed_trials", max_consecutive_failed_trials)):
-        _check_int(name, value)
+        check_positive_int(name, value)
+    check_int("seed", seed)
     if isinstance(model, GFAHyperModel):
         if hypermodel_options:
             raise ValueError(
@@ -623,8 +623,7 @@ def _check_choices(name, values, valid, expected):
 
 
 def _check_attack(attack, norm):
-    if norm not in NORMS:
-        raise ValueError(f"Unknown norm. Expected one of {NORMS}. Received: norm={norm!r}")
+    check_choice("norm", norm, NORMS)
     spec = get_attack(attack)
     bounded = sorted(n for n, s in ATTACKS.items() if s.kind == "bounded" and norm in s.norms)
     if spec.name not in bounded:
