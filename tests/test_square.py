@@ -161,7 +161,7 @@ def test_eps_zero_returns_x(trained_digits_model, digits):
         ({"eps": 0.1, "steps": 0}, "steps"),
         ({"eps": 0.1, "p_init": 0.0}, "p_init"),
         ({"eps": 0.1, "norm": "l1"}, "norm"),
-        ({"eps": 0.1, "rescale_schedule": "yes"}, "rescale_schedule must be True or False"),
+        ({"eps": 0.1, "rescale_schedule": "yes"}, r"Unknown rescale_schedule. Expected one of \[False, True\]"),
     ],
 )
 def test_invalid_options_raise(trained_digits_model, digits, kwargs, match):

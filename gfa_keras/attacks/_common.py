@@ -1,26 +1,44 @@
-"""Private helpers shared by the attacks in this package: compiled-function cache,
-option checks, label checks against the model, per-example selection, margins, a
-hand-written Adam step and the final eps filter of minimum-norm attacks."""
+"""Private helpers shared by the attacks in this package, so that every attack has the same shape:
+
+    x, y = validate_attack_inputs(x, y, eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max)
+    steps = check_positive_int("steps", steps)          # options through gfa_keras.validation
+    if x.shape[0] == 0:
+        return tf.identity(x)                            # nothing to attack
+    logits, targets = clean_logits(model, x, y, targets) # one forward pass checks labels and targets
+    if eps == 0:
+        return tf.identity(x)
+    run = compiled(model, settings, _build_run)          # one tf.function per model and settings
+    x_adv = run(x, y, ...)
+
+and the pieces several attacks need are written once here: the keep-the-best-restart merge, the
+binary search over the loss constant (Carlini-Wagner, EAD), margins, a hand-written Adam step and
+the final eps filter of minimum-norm attacks.
+"""
 from __future__ import annotations
 
 import weakref
 
 import tensorflow as tf
 
-from gfa_keras.validation import check_number, check_positive_int  # noqa: F401 (re-exported to the attacks)
-from gfa_keras.attacks.base import perturbation_norms, validate_attack_inputs
-from gfa_keras.threat_model import per_example  # noqa: F401 (re-exported to the attacks)
+from gfa_keras.attacks.base import perturbation_norms
+from gfa_keras.threat_model import per_example
 
 # model -> {settings: compiled function}. Weak keys, and the compiled functions
 # hold the model only weakly, so a cached attack never keeps a model alive.
 _COMPILED = weakref.WeakKeyDictionary()
+
+# Upper bound of the loss constant before any success (Carlini & Wagner's 1e10).
+NO_UPPER_BOUND = 1e10
 
 
 def compiled(model, settings, build):
     """Returns `build(model_ref, *settings)`, cached per model and settings.
 
     `build` receives a zero-argument callable that returns the model (a weak
-    reference when possible) and must return a `tf.function`.
+    reference when possible) and must return a `tf.function`. `settings` are the
+    Python values the trace depends on (norm, step counts, ...); everything that
+    varies between calls with the same trace (eps, seeds, data) is passed to the
+    returned function as tensors.
     """
     try:
         model_ref = weakref.WeakMethod(model) if hasattr(model, "__self__") else weakref.ref(model)
@@ -33,7 +51,7 @@ def compiled(model, settings, build):
 
 
 def clean_logits(model, x, y, targets=None):
-    """Runs the model once on `x` and checks the labels against its number of classes.
+    """Runs the model once on `x` and checks the labels (and targets) against its number of classes.
 
     Returns:
         `(logits, targets)`: the float32 logits and the targets as an int32
@@ -54,6 +72,16 @@ def clean_logits(model, x, y, targets=None):
         raise ValueError(f"Labels must be < num_classes={num_classes}. Received: max(y)={int(tf.reduce_max(y))}")
     if targets is None:
         return logits, None
+    return logits, check_targets(targets, y, num_classes)
+
+
+def check_targets(targets, y, num_classes):
+    """Returns `targets` as an int32 tensor, or raises unless they are valid target classes for `y`.
+
+    Raises:
+        ValueError: unless `targets` are integer labels of `y`'s shape in
+            `[0, num_classes)`, each different from its true label.
+    """
     targets = tf.convert_to_tensor(targets)
     if targets.dtype.is_floating or targets.dtype == tf.bool or targets.shape != y.shape:
         raise ValueError(
@@ -62,11 +90,11 @@ def clean_logits(model, x, y, targets=None):
             f"y.shape={tuple(y.shape)}"
         )
     targets = tf.cast(targets, tf.int32)
-    if x.shape[0] and bool(tf.reduce_any((targets < 0) | (targets >= num_classes))):
+    if y.shape[0] and bool(tf.reduce_any((targets < 0) | (targets >= num_classes))):
         raise ValueError(f"targets must lie in [0, {num_classes - 1}]. Received: {targets.numpy().tolist()}")
     if bool(tf.reduce_any(targets == y)):
         raise ValueError("Each target must differ from the true label. Received a target equal to y.")
-    return logits, targets
+    return targets
 
 
 def keep_within_eps(x, x_adv, eps, norm):
@@ -74,31 +102,46 @@ def keep_within_eps(x, x_adv, eps, norm):
     if eps is None:
         return x_adv
     within = perturbation_norms(x, x_adv, norm) <= eps
-    return tf.where(tf.reshape(within, [-1] + [1] * (len(x.shape) - 1)), x_adv, x)
-
-
-def num_classes_of(model, x):
-    """Number of logits `model` outputs, read from its output shape when known."""
-    shape = getattr(model, "output_shape", None)
-    if isinstance(shape, tuple) and shape and isinstance(shape[-1], int):
-        return shape[-1]
-    # One forward pass on a single example; the inputs are validated right after.
-    return int(model(tf.cast(tf.convert_to_tensor(x)[:1], tf.float32)).shape[-1])
-
-
-def validate_for_model(model, x, y, **kwargs):
-    """`validate_attack_inputs` with the label range taken from the model's logits.
-
-    Returns `(x, y, num_classes)`.
-    """
-    num_classes = num_classes_of(model, x)
-    x, y = validate_attack_inputs(x, y, num_classes=num_classes, **kwargs)
-    return x, y, num_classes
+    return select_per_example(within, x_adv, x)
 
 
 def select_per_example(take, new, old):
     """`new` where the `[batch]` mask `take` holds, else `old`, for batches of any rank."""
     return tf.where(per_example(take, len(new.shape)), new, old)
+
+
+def no_restart_yet(x):
+    """The `(x_adv, loss, fooled)` state `keep_best_restart` starts from: `x`, loss -inf, nothing fooled."""
+    batch = tf.shape(x)[0]
+    return x, tf.fill([batch], float("-inf")), tf.zeros([batch], tf.bool)
+
+
+def keep_best_restart(best, candidate):
+    """Merges one restart's `(x_adv, loss, fooled)` into the best so far, per example.
+
+    A fooling point beats any other and is never replaced; among non-fooling
+    ones the higher loss wins.
+    """
+    x_best, best_loss, best_fooled = best
+    x_adv, loss, fooled = candidate
+    take = ~best_fooled & (fooled | (loss > best_loss))
+    return select_per_example(take, x_adv, x_best), tf.where(take, loss, best_loss), best_fooled | fooled
+
+
+def bisect_constant(const, lower, upper, succeeded):
+    """One step of the per-example binary search over a loss constant (Carlini-Wagner, EAD).
+
+    After a success the constant's upper bound drops to it, after a failure its
+    lower bound rises to it; the next constant is the midpoint once an upper
+    bound is known, else ten times larger.
+
+    Returns:
+        `(const, lower, upper)` for the next round.
+    """
+    upper = tf.where(succeeded, tf.minimum(upper, const), upper)
+    lower = tf.where(succeeded, lower, tf.maximum(lower, const))
+    const = tf.where(upper < NO_UPPER_BOUND, (lower + upper) / 2.0, const * 10.0)
+    return const, lower, upper
 
 
 def margin(logits, y, targets=None):
@@ -134,3 +177,10 @@ def require_image_batch(attack, x):
             f"{attack} needs a batch of images [batch, height, width(, channels)]. "
             f"Received: x.shape={tuple(x.shape)}"
         )
+
+
+def require_norm(attack, norm, supported):
+    """Raises a ValueError unless `norm` is `supported` (attacks defined for one norm only)."""
+    if norm != supported:
+        raise ValueError(f"{attack} supports only the {supported.capitalize()} threat model. "
+                         f"Expected norm={supported!r}. Received: norm={norm!r}")

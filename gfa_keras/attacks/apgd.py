@@ -5,7 +5,7 @@ parameter-free attacks", ICML 2020; reference code fra31/auto-attack
 (`autoattack/autopgd_base.py`). The step size starts at `2 * eps` and is halved
 at checkpoints where the loss stopped improving, restarting from the best point
 so far. A whole run (all steps, all checkpoints) is one compiled `tf.function`
-with `eps` as a tensor, so a sweep over eps does not retrace.
+per model and settings, with `eps` as a tensor, so a sweep over eps does not retrace.
 """
 
 from __future__ import annotations
@@ -13,13 +13,11 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from gfa_keras.attacks._common import (
-    check_positive_int,
-    per_example,
-    select_per_example,
-    validate_for_model,
-)
-from gfa_keras.attacks.base import project, register_attack
+from gfa_keras.attacks import _common
+from gfa_keras.attacks._common import select_per_example
+from gfa_keras.attacks.base import project, register_attack, validate_attack_inputs
+from gfa_keras.threat_model import per_example
+from gfa_keras.validation import check_positive_int
 
 __all__ = ["apgd_ce", "apgd_t"]
 
@@ -68,13 +66,23 @@ def _normalize(v, norm):
     return v / per_example(size + 1e-12, len(v.shape))
 
 
-@tf.function(reduce_retracing=True)
-def _apgd_run(model, x, y, target, eps, seed, *, norm, steps, loss, hit_target, clip_min, clip_max):
-    """One APGD run from a random start.
+def _build_apgd_run(model_ref, norm, steps, loss, hit_target, clip_min, clip_max):
+    """Compiles one APGD run from a random start: `run(x, y, target, eps, seed)`.
 
-    Returns `(x_best, loss_best, fooled, x_fooled)`: the highest-loss point, its
-    loss, whether any step fooled the model, and the first point that did.
+    The run returns `(x_best, loss_best, fooled, x_fooled)`: the highest-loss
+    point, its loss, whether any step fooled the model, and the first point that did.
     """
+
+    @tf.function(reduce_retracing=True)
+    def run(x, y, target, eps, seed):
+        return _apgd_run(model_ref(), x, y, target, eps, seed, norm=norm, steps=steps, loss=loss,
+                         hit_target=hit_target, clip_min=clip_min, clip_max=clip_max)
+
+    return run
+
+
+def _apgd_run(model, x, y, target, eps, seed, *, norm, steps, loss, hit_target, clip_min, clip_max):
+    """The body of one APGD run (traced inside `_build_apgd_run`'s function)."""
     loss_fn = _LOSSES[loss]
     rank = len(x.shape)
     is_checkpoint, window_lengths = _checkpoint_schedule(steps)
@@ -152,24 +160,18 @@ def _run_restarts(model, x, y, target, eps, seed, restarts, best, first_stream=0
 
     Run `r` draws its start from the stateless seed `(seed, first_stream + r)`.
     """
-    x_adv, best_loss, best_fooled = best
+    run = _common.compiled(model, tuple(options[k] for k in _RUN_SETTINGS), _build_apgd_run)
     eps = tf.constant(eps, tf.float32)
     for restart in range(restarts):
-        if bool(tf.reduce_all(best_fooled)):
+        if bool(tf.reduce_all(best[2])):
             break
         run_seed = tf.constant([seed, first_stream + restart], tf.int64)
-        x_best, loss_best, fooled, x_fooled = _apgd_run(model, x, y, target, eps, run_seed, **options)
-        candidate = select_per_example(fooled, x_fooled, x_best)
-        # A fooling point beats any other; among non-fooling ones the higher loss wins.
-        take = ~best_fooled & (fooled | (loss_best > best_loss))
-        x_adv = select_per_example(take, candidate, x_adv)
-        best_loss = tf.where(take, loss_best, best_loss)
-        best_fooled = best_fooled | fooled
-    return x_adv, best_loss, best_fooled
+        x_best, loss_best, fooled, x_fooled = run(x, y, target, eps, run_seed)
+        best = _common.keep_best_restart(best, (select_per_example(fooled, x_fooled, x_best), loss_best, fooled))
+    return best
 
 
-def _start(x):
-    return x, tf.fill([tf.shape(x)[0]], -np.inf), tf.zeros([tf.shape(x)[0]], tf.bool)
+_RUN_SETTINGS = ("norm", "steps", "loss", "hit_target", "clip_min", "clip_max")
 
 
 @register_attack("apgd_ce", norms=("linf", "l2"))
@@ -214,11 +216,14 @@ def apgd_ce(
 
     >>> x_adv = apgd_ce(model, x_test, y_test, eps=8 / 255, steps=100)
     """
-    x, y, _ = validate_for_model(model, x, y, eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max)
+    x, y = validate_attack_inputs(x, y, eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max)
     steps = check_positive_int("steps", steps)
     restarts = check_positive_int("restarts", restarts)
+    if x.shape[0] == 0:
+        return tf.identity(x)
+    _common.clean_logits(model, x, y)
     if eps == 0:
-        return x
+        return tf.identity(x)
     options = dict(
         norm=norm,
         steps=steps,
@@ -227,7 +232,7 @@ def apgd_ce(
         clip_min=float(clip_min),
         clip_max=float(clip_max),
     )
-    x_adv, _, _ = _run_restarts(model, x, y, y, eps, seed, restarts, _start(x), **options)
+    x_adv, _, _ = _run_restarts(model, x, y, y, eps, seed, restarts, _common.no_restart_yet(x), **options)
     return x_adv
 
 
@@ -283,11 +288,15 @@ def apgd_t(
 
     >>> x_adv = apgd_t(model, x_test, y_test, eps=8 / 255, num_target_classes=9)
     """
-    x, y, num_classes = validate_for_model(
-        model, x, y, eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max
-    )
+    x, y = validate_attack_inputs(x, y, eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max)
     steps = check_positive_int("steps", steps)
     restarts = check_positive_int("restarts", restarts)
+    if num_target_classes is not None:
+        num_target_classes = check_positive_int("num_target_classes", num_target_classes)
+    if x.shape[0] == 0:
+        return tf.identity(x)
+    logits, targets = _common.clean_logits(model, x, y, targets)
+    num_classes = logits.shape[1]
     if num_classes < 4:
         raise ValueError(
             "apgd_t's targeted DLR loss needs a model with at least 4 classes. "
@@ -296,27 +305,24 @@ def apgd_t(
     if targets is None:
         if num_target_classes is None:
             num_target_classes = min(9, num_classes - 1)
-        num_target_classes = check_positive_int("num_target_classes", num_target_classes)
         if num_target_classes > num_classes - 1:
             raise ValueError(
                 f"num_target_classes must be at most num_classes - 1 = {num_classes - 1}. "
                 f"Received: num_target_classes={num_target_classes}"
             )
-    else:
-        targets = _validate_targets(targets, y, num_classes)
     if eps == 0:
-        return x
+        return tf.identity(x)
     options = dict(
         norm=norm, steps=steps, loss="dlr_targeted", clip_min=float(clip_min), clip_max=float(clip_max)
     )
 
     if targets is not None:
         x_adv, _, _ = _run_restarts(
-            model, x, y, targets, eps, seed, restarts, _start(x), hit_target=True, **options
+            model, x, y, targets, eps, seed, restarts, _common.no_restart_yet(x), hit_target=True, **options
         )
         return x_adv
-    ranking = tf.argsort(model(x), axis=1, direction="DESCENDING", stable=True)
-    best = _start(x)
+    ranking = tf.argsort(logits, axis=1, direction="DESCENDING", stable=True)
+    best = _common.no_restart_yet(x)
     for rank in range(1, num_target_classes + 1):
         # A fresh loss for each target: losses of different targets are not comparable.
         x_adv, _, fooled = best
@@ -335,19 +341,3 @@ def apgd_t(
             **options,
         )
     return best[0]
-
-
-def _validate_targets(targets, y, num_classes):
-    targets = tf.convert_to_tensor(targets)
-    if targets.dtype.is_floating or targets.dtype == tf.bool or targets.shape != y.shape:
-        raise ValueError(
-            "targets must be integer class labels of the shape of y. "
-            f"Received: targets.shape={tuple(targets.shape)}, targets.dtype={targets.dtype.name}, "
-            f"y.shape={tuple(y.shape)}"
-        )
-    targets = tf.cast(targets, tf.int32)
-    if y.shape[0] and (bool(tf.reduce_any(targets < 0)) or bool(tf.reduce_any(targets >= num_classes))):
-        raise ValueError(f"targets must lie in [0, {num_classes - 1}]. Received: {targets.numpy().tolist()}")
-    if bool(tf.reduce_any(targets == y)):
-        raise ValueError("Each target must differ from the true label. Received a target equal to y.")
-    return targets

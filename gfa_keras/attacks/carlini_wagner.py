@@ -13,25 +13,25 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from gfa_keras.attacks._common import (
-    adam_update,
-    check_number,
-    check_positive_int,
-    margin,
-    select_per_example,
-    validate_for_model,
-)
-from gfa_keras.attacks.base import perturbation_norms, register_attack
+from gfa_keras.attacks import _common
+from gfa_keras.attacks._common import adam_update, margin, select_per_example
+from gfa_keras.attacks.base import register_attack, validate_attack_inputs
+from gfa_keras.validation import check_number, check_positive_int
 
 __all__ = ["cw_l2"]
 
-_NO_UPPER_BOUND = 1e10  # the constant's upper bound before any success
+
+def _build_cw_l2(model_ref, steps, binary_search_steps, initial_const, confidence, learning_rate, clip_min, clip_max):
+    @tf.function(reduce_retracing=True)
+    def run(x, y):
+        return _cw_l2(model_ref(), x, y, steps=steps, binary_search_steps=binary_search_steps,
+                      initial_const=initial_const, confidence=confidence, learning_rate=learning_rate,
+                      clip_min=clip_min, clip_max=clip_max)
+
+    return run
 
 
-@tf.function(reduce_retracing=True)
-def _cw_l2(
-    model, x, y, *, steps, binary_search_steps, initial_const, confidence, learning_rate, clip_min, clip_max
-):
+def _cw_l2(model, x, y, *, steps, binary_search_steps, initial_const, confidence, learning_rate, clip_min, clip_max):
     """Returns the smallest successful point per example, or `x` where none succeeded."""
     width = clip_max - clip_min
 
@@ -46,7 +46,7 @@ def _cw_l2(
     ones = tf.ones_like(y, tf.float32)
     const = initial_const * ones
     lower = 0.0 * ones
-    upper = _NO_UPPER_BOUND * ones
+    upper = _common.NO_UPPER_BOUND * ones
     best_l2 = np.inf * ones
     x_best = x
 
@@ -75,12 +75,7 @@ def _cw_l2(
             update, m, v = adam_update(grad, m, v, t, learning_rate)
             w = w - update
 
-        # Binary search on the constant: smaller after a success, larger (x10 until
-        # a success bounds it) after a failure.
-        upper = tf.where(succeeded, tf.minimum(upper, const), upper)
-        lower = tf.where(succeeded, lower, tf.maximum(lower, const))
-        bounded = upper < _NO_UPPER_BOUND
-        const = tf.where(bounded, (lower + upper) / 2.0, const * 10.0)
+        const, lower, upper = _common.bisect_constant(const, lower, upper, succeeded)
 
     return x_best
 
@@ -138,32 +133,24 @@ def cw_l2(
     >>> x_adv = cw_l2(model, x_test, y_test, steps=100, binary_search_steps=6)
     >>> norms = perturbation_norms(x_test, x_adv, "l2")
     """
-    if norm != "l2":
-        raise ValueError(f"cw_l2 is an L2 attack. Expected norm='l2'. Received: norm={norm!r}")
-    x, y, _ = validate_for_model(
-        model, x, y, eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max, allow_eps_none=True
+    _common.require_norm("cw_l2", norm, "l2")
+    x, y = validate_attack_inputs(
+        x, y, eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max, allow_eps_none=True
     )
     steps = check_positive_int("steps", steps)
     binary_search_steps = check_positive_int("binary_search_steps", binary_search_steps)
     initial_const = check_number("initial_const", initial_const, low=0.0, low_open=True)
     learning_rate = check_number("learning_rate", learning_rate, low=0.0, low_open=True)
     confidence = check_number("confidence", confidence, low=0.0)
+    if x.shape[0] == 0:
+        return tf.identity(x)
+    _common.clean_logits(model, x, y)
     if eps == 0:
-        return x
-    x_best = _cw_l2(
+        return tf.identity(x)
+    run = _common.compiled(
         model,
-        x,
-        y,
-        steps=steps,
-        binary_search_steps=binary_search_steps,
-        initial_const=float(initial_const),
-        confidence=float(confidence),
-        learning_rate=float(learning_rate),
-        clip_min=float(clip_min),
-        clip_max=float(clip_max),
+        (steps, binary_search_steps, initial_const, confidence, learning_rate, float(clip_min), float(clip_max)),
+        _build_cw_l2,
     )
-    if eps is None:
-        return x_best
-    # Measured on the returned points so the bound holds exactly as the evaluation checks it.
-    within = perturbation_norms(x, x_best, "l2") <= eps
-    return select_per_example(within, x_best, x)
+    # The bound is measured on the returned points, exactly as the evaluation checks it.
+    return _common.keep_within_eps(x, run(x, y), eps, "l2")

@@ -1,9 +1,9 @@
 """FGSM, PGD, BIM and MIM: cleverhans' own TF2 code behind the uniform signature.
 
 The attacks run cleverhans' functions unchanged, compiled with `tf.function` (one
-trace per model, norm and setting), and always with the true labels: cleverhans
-would otherwise attack the model's own predictions, which lets a wrong clean
-prediction pass as robust. FGSM and MIM take eps as a tensor, so an eps sweep
+trace per model, norm and setting, cached like every attack's here), and always with
+the true labels: cleverhans would otherwise attack the model's own predictions, which
+lets a wrong clean prediction pass as robust. FGSM and MIM take eps as a tensor, so an eps sweep
 reuses one trace; PGD and BIM need Python floats (cleverhans asserts
 `eps_iter <= eps` in Python) and trace once per eps.
 """
@@ -17,8 +17,9 @@ from cleverhans.tf2.attacks.fast_gradient_method import fast_gradient_method
 from cleverhans.tf2.attacks.momentum_iterative_method import momentum_iterative_method
 from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
 
-from gfa_keras.attacks._common import check_number, check_positive_int, select_per_example, validate_for_model
-from gfa_keras.attacks.base import project, register_attack
+from gfa_keras.attacks import _common
+from gfa_keras.attacks.base import project, register_attack, validate_attack_inputs
+from gfa_keras.validation import check_number, check_positive_int
 
 __all__ = ["fgsm", "pgd", "bim", "mim"]
 
@@ -26,68 +27,58 @@ __all__ = ["fgsm", "pgd", "bim", "mim"]
 _NORM_ORDER = {"linf": np.inf, "l2": 2}
 
 
-@tf.function(reduce_retracing=True)
-def _fgm(model, x, y, eps, order, clip_min, clip_max):
-    return fast_gradient_method(
-        model, x, eps, order, clip_min=clip_min, clip_max=clip_max, y=y, sanity_checks=False
-    )
+def _build_fgm(model_ref, norm, clip_min, clip_max):
+    @tf.function(reduce_retracing=True)
+    def run(x, y, eps):
+        return fast_gradient_method(
+            model_ref(), x, eps, _NORM_ORDER[norm], clip_min=clip_min, clip_max=clip_max, y=y, sanity_checks=False
+        )
+
+    return run
 
 
-@tf.function(reduce_retracing=True)
-def _pgd(model, x, y, eps, eps_iter, nb_iter, order, clip_min, clip_max):
-    return projected_gradient_descent(
-        model,
-        x,
-        eps,
-        eps_iter,
-        nb_iter,
-        order,
-        clip_min=clip_min,
-        clip_max=clip_max,
-        y=y,
-        rand_init=True,
-        sanity_checks=False,
-    )
+def _build_pgd(model_ref, norm, eps, eps_iter, nb_iter, clip_min, clip_max):
+    # cleverhans checks eps_iter <= eps in Python, so both are part of the trace.
+    @tf.function(reduce_retracing=True)
+    def run(x, y):
+        return projected_gradient_descent(
+            model_ref(), x, eps, eps_iter, nb_iter, _NORM_ORDER[norm], clip_min=clip_min, clip_max=clip_max,
+            y=y, rand_init=True, sanity_checks=False,
+        )
+
+    return run
 
 
-@tf.function(reduce_retracing=True)
-def _bim(model, x, y, eps, eps_iter, nb_iter, order, clip_min, clip_max):
-    return basic_iterative_method(
-        model,
-        x,
-        eps,
-        eps_iter,
-        nb_iter,
-        order,
-        clip_min=clip_min,
-        clip_max=clip_max,
-        y=y,
-        sanity_checks=False,
-    )
+def _build_bim(model_ref, norm, eps, eps_iter, nb_iter, clip_min, clip_max):
+    @tf.function(reduce_retracing=True)
+    def run(x, y):
+        return basic_iterative_method(
+            model_ref(), x, eps, eps_iter, nb_iter, _NORM_ORDER[norm], clip_min=clip_min, clip_max=clip_max,
+            y=y, sanity_checks=False,
+        )
+
+    return run
 
 
-@tf.function(reduce_retracing=True)
-def _mim(model, x, y, eps, eps_iter, nb_iter, order, clip_min, clip_max, decay_factor):
-    return momentum_iterative_method(
-        model,
-        x,
-        eps,
-        eps_iter,
-        nb_iter,
-        order,
-        clip_min=clip_min,
-        clip_max=clip_max,
-        y=y,
-        decay_factor=decay_factor,
-        sanity_checks=False,
-    )
+def _build_mim(model_ref, norm, nb_iter, decay_factor, clip_min, clip_max):
+    @tf.function(reduce_retracing=True)
+    def run(x, y, eps, eps_iter):
+        return momentum_iterative_method(
+            model_ref(), x, eps, eps_iter, nb_iter, _NORM_ORDER[norm], clip_min=clip_min, clip_max=clip_max,
+            y=y, decay_factor=decay_factor, sanity_checks=False,
+        )
+
+    return run
 
 
-@tf.function(reduce_retracing=True)
-def _loss_and_fooled(model, x, y):
-    logits = model(x)
-    loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
-    return loss, tf.argmax(logits, axis=1, output_type=tf.int32) != y
+def _build_loss_and_fooled(model_ref):
+    @tf.function(reduce_retracing=True)
+    def run(x, y):
+        logits = model_ref()(x)
+        loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+        return loss, tf.argmax(logits, axis=1, output_type=tf.int32) != y
+
+    return run
 
 
 def _step_size(step_size, default, eps):
@@ -143,13 +134,14 @@ def fgsm(
 
     >>> x_adv = fgsm(model, x_test, y_test, eps=0.1)
     """
-    x, y, _ = validate_for_model(model, x, y, eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max)
+    x, y = validate_attack_inputs(x, y, eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max)
+    if x.shape[0] == 0:
+        return tf.identity(x)
+    _common.clean_logits(model, x, y)
     if eps == 0:
-        return x
-    x_adv = _fgm(
-        model, x, y, tf.constant(eps, tf.float32), _NORM_ORDER[norm], float(clip_min), float(clip_max)
-    )
-    return _finish(x_adv, x, eps, norm, clip_min, clip_max)
+        return tf.identity(x)
+    run = _common.compiled(model, (norm, float(clip_min), float(clip_max)), _build_fgm)
+    return _finish(run(x, y, tf.constant(eps, tf.float32)), x, eps, norm, clip_min, clip_max)
 
 
 @register_attack("pgd", norms=("linf", "l2"), source="cleverhans")
@@ -199,29 +191,24 @@ def pgd(
 
     >>> x_adv = pgd(model, x_test, y_test, eps=0.1, steps=40, restarts=5)
     """
-    x, y, _ = validate_for_model(model, x, y, eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max)
+    x, y = validate_attack_inputs(x, y, eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max)
     steps = check_positive_int("steps", steps)
     restarts = check_positive_int("restarts", restarts)
     eps_iter = _step_size(step_size, 2.5 * eps / steps, eps)
+    if x.shape[0] == 0:
+        return tf.identity(x)
+    _common.clean_logits(model, x, y)
     if eps == 0:
-        return x
-    args = (float(eps), eps_iter, steps, _NORM_ORDER[norm], float(clip_min), float(clip_max))
-
-    best, best_loss, best_fooled = None, None, None
+        return tf.identity(x)
+    run = _common.compiled(model, (norm, float(eps), eps_iter, steps, float(clip_min), float(clip_max)), _build_pgd)
+    loss_and_fooled = _common.compiled(model, (), _build_loss_and_fooled)
+    best = _common.no_restart_yet(x)
     for _ in range(restarts):
-        x_adv = _finish(_pgd(model, x, y, *args), x, eps, norm, clip_min, clip_max)
-        loss, fooled = _loss_and_fooled(model, x_adv, y)
-        if best is None:
-            best, best_loss, best_fooled = x_adv, loss, fooled
-        else:
-            # A fooling restart beats any other; among non-fooling ones the higher loss wins.
-            better = ~best_fooled & (fooled | (loss > best_loss))
-            best = select_per_example(better, x_adv, best)
-            best_loss = tf.where(better, loss, best_loss)
-            best_fooled = best_fooled | fooled
-        if bool(tf.reduce_all(best_fooled)):
+        x_adv = _finish(run(x, y), x, eps, norm, clip_min, clip_max)
+        best = _common.keep_best_restart(best, (x_adv, *loss_and_fooled(x_adv, y)))
+        if bool(tf.reduce_all(best[2])):
             break
-    return best
+    return best[0]
 
 
 @register_attack("bim", norms=("linf", "l2"), source="cleverhans")
@@ -264,15 +251,16 @@ def bim(
 
     >>> x_adv = bim(model, x_test, y_test, eps=0.1, steps=10)
     """
-    x, y, _ = validate_for_model(model, x, y, eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max)
+    x, y = validate_attack_inputs(x, y, eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max)
     steps = check_positive_int("steps", steps)
     eps_iter = _step_size(step_size, 2.5 * eps / steps, eps)
+    if x.shape[0] == 0:
+        return tf.identity(x)
+    _common.clean_logits(model, x, y)
     if eps == 0:
-        return x
-    x_adv = _bim(
-        model, x, y, float(eps), eps_iter, steps, _NORM_ORDER[norm], float(clip_min), float(clip_max)
-    )
-    return _finish(x_adv, x, eps, norm, clip_min, clip_max)
+        return tf.identity(x)
+    run = _common.compiled(model, (norm, float(eps), eps_iter, steps, float(clip_min), float(clip_max)), _build_bim)
+    return _finish(run(x, y), x, eps, norm, clip_min, clip_max)
 
 
 @register_attack("mim", norms=("linf", "l2"), source="cleverhans")
@@ -305,33 +293,27 @@ def mim(
         clip_max: Highest valid input value.
         seed: Unused (deterministic); accepted for the uniform signature.
         step_size: Size of each step; default `eps / steps` as in the paper.
-        decay_factor: Momentum decay `mu`.
+        decay_factor: Momentum decay `mu`, >= 0.
 
     Returns:
         `x_adv`, a float32 tensor of the shape of `x`.
 
     Raises:
-        ValueError: On invalid inputs, `steps < 1` or `step_size <= 0`.
+        ValueError: On invalid inputs, `steps < 1`, `step_size <= 0` or `decay_factor < 0`.
 
     Example:
 
     >>> x_adv = mim(model, x_test, y_test, eps=0.1, steps=10)
     """
-    x, y, _ = validate_for_model(model, x, y, eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max)
+    x, y = validate_attack_inputs(x, y, eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max)
     steps = check_positive_int("steps", steps)
     eps_iter = _step_size(step_size, eps / steps, eps)
+    decay_factor = check_number("decay_factor", decay_factor, low=0.0)
+    if x.shape[0] == 0:
+        return tf.identity(x)
+    _common.clean_logits(model, x, y)
     if eps == 0:
-        return x
-    x_adv = _mim(
-        model,
-        x,
-        y,
-        tf.constant(eps, tf.float32),
-        tf.constant(eps_iter, tf.float32),
-        steps,
-        _NORM_ORDER[norm],
-        float(clip_min),
-        float(clip_max),
-        float(decay_factor),
-    )
+        return tf.identity(x)
+    run = _common.compiled(model, (norm, steps, decay_factor, float(clip_min), float(clip_max)), _build_mim)
+    x_adv = run(x, y, tf.constant(eps, tf.float32), tf.constant(eps_iter, tf.float32))
     return _finish(x_adv, x, eps, norm, clip_min, clip_max)

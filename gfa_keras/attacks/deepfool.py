@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from gfa_keras.attacks import _common
 from gfa_keras.attacks.base import register_attack, validate_attack_inputs
+from gfa_keras.validation import check_number, check_positive_int
 
 __all__ = ["deepfool"]
 
@@ -66,12 +67,14 @@ def deepfool(
     x, y = validate_attack_inputs(
         x, y, eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max, allow_eps_none=True
     )
-    steps = _common.check_positive_int("steps", steps)
-    overshoot = _common.check_number("overshoot", overshoot, low=0.0)
-    num_candidate_classes = _common.check_positive_int("num_candidate_classes", num_candidate_classes, minimum=2)
-    if x.shape[0] == 0 or eps == 0:
+    steps = check_positive_int("steps", steps)
+    overshoot = check_number("overshoot", overshoot, low=0.0)
+    num_candidate_classes = check_positive_int("num_candidate_classes", num_candidate_classes, minimum=2)
+    if x.shape[0] == 0:
         return tf.identity(x)
     logits, _ = _common.clean_logits(model, x, y)
+    if eps == 0:
+        return tf.identity(x)
     num_others = min(num_candidate_classes, logits.shape[1]) - 1
     run = _common.compiled(
         model,

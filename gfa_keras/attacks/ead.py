@@ -7,6 +7,8 @@ import tensorflow as tf
 
 from gfa_keras.attacks import _common
 from gfa_keras.attacks.base import register_attack, validate_attack_inputs
+from gfa_keras.threat_model import per_example
+from gfa_keras.validation import check_choice, check_number, check_positive_int
 
 __all__ = ["ead"]
 
@@ -88,18 +90,18 @@ def ead(
     x, y = validate_attack_inputs(
         x, y, eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max, allow_eps_none=True
     )
-    steps = _common.check_positive_int("steps", steps)
-    binary_search_steps = _common.check_positive_int("binary_search_steps", binary_search_steps)
-    beta = _common.check_number("beta", beta, low=0.0)
-    initial_const = _common.check_number("initial_const", initial_const, low=0.0, low_open=True)
-    confidence = _common.check_number("confidence", confidence, low=0.0)
-    learning_rate = _common.check_number("learning_rate", learning_rate, low=0.0, low_open=True)
-    if decision_rule not in _DECISION_RULES:
-        raise ValueError(f"Unknown decision_rule. Expected one of {_DECISION_RULES}. "
-                         f"Received: decision_rule={decision_rule!r}")
-    if x.shape[0] == 0 or eps == 0:
+    steps = check_positive_int("steps", steps)
+    binary_search_steps = check_positive_int("binary_search_steps", binary_search_steps)
+    beta = check_number("beta", beta, low=0.0)
+    initial_const = check_number("initial_const", initial_const, low=0.0, low_open=True)
+    confidence = check_number("confidence", confidence, low=0.0)
+    learning_rate = check_number("learning_rate", learning_rate, low=0.0, low_open=True)
+    check_choice("decision_rule", decision_rule, _DECISION_RULES)
+    if x.shape[0] == 0:
         return tf.identity(x)
     logits, targets = _common.clean_logits(model, x, y, targets)
+    if eps == 0:
+        return tf.identity(x)
     hit_target = targets is not None
     targets = y if targets is None else targets
     run = _common.compiled(
@@ -112,12 +114,10 @@ def ead(
     best_distance = tf.where(already, 0.0, float("inf"))
     best_adv = x
     const = tf.fill([batch], initial_const)
-    lower, upper = tf.zeros([batch]), tf.fill([batch], 1e10)
+    lower, upper = tf.zeros([batch]), tf.fill([batch], _common.NO_UPPER_BOUND)
     for _ in range(binary_search_steps):
         succeeded, best_distance, best_adv = run(x, y, targets, const, best_distance, best_adv)
-        upper = tf.where(succeeded, tf.minimum(upper, const), upper)
-        lower = tf.where(succeeded, lower, tf.maximum(lower, const))
-        const = tf.where(upper < 1e9, (lower + upper) / 2, const * 10)
+        const, lower, upper = _common.bisect_constant(const, lower, upper, succeeded)
     return _common.keep_within_eps(x, best_adv, eps, norm)
 
 
@@ -149,7 +149,7 @@ def _build_fista(model_ref, steps, beta, confidence, learning_rate, decision_rul
             distance = l1 if decision_rule == "L1" else beta * l1 + tf.reduce_sum(tf.square(current - x), axis=axes)
             better = success & (distance < best_distance)
             best_distance = tf.where(better, distance, best_distance)
-            best_adv = tf.where(_common.per_example(better, rank), current, best_adv)
+            best_adv = tf.where(per_example(better, rank), current, best_adv)
             succeeded |= success
         return succeeded, best_distance, best_adv
 

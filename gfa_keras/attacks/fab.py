@@ -7,6 +7,8 @@ import tensorflow as tf
 
 from gfa_keras.attacks import _common
 from gfa_keras.attacks.base import perturbation_norms, register_attack, validate_attack_inputs
+from gfa_keras.threat_model import per_example
+from gfa_keras.validation import check_number, check_positive_int
 
 __all__ = ["fab", "fab_t"]
 
@@ -81,9 +83,11 @@ def fab(
         x, y, eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max, allow_eps_none=True
     )
     options = _check_options(steps, restarts, alpha_max, eta, beta)
-    if x.shape[0] == 0 or eps == 0:
+    if x.shape[0] == 0:
         return tf.identity(x)
     logits, targets = _common.clean_logits(model, x, y, targets)
+    if eps == 0:
+        return tf.identity(x)
     target_sets = [None] if targets is None else [targets]
     return _fab(model, x, y, logits, target_sets, eps, norm, clip_min, clip_max, seed,
                 hit_target=targets is not None, **options)
@@ -149,10 +153,12 @@ def fab_t(
         x, y, eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max, allow_eps_none=True
     )
     options = _check_options(steps, restarts, alpha_max, eta, beta)
-    num_target_classes = _common.check_positive_int("num_target_classes", num_target_classes)
-    if x.shape[0] == 0 or eps == 0:
+    num_target_classes = check_positive_int("num_target_classes", num_target_classes)
+    if x.shape[0] == 0:
         return tf.identity(x)
     logits, _ = _common.clean_logits(model, x, y)
+    if eps == 0:
+        return tf.identity(x)
     num_targets = min(num_target_classes, logits.shape[1] - 1)
     others = tf.where(tf.one_hot(y, logits.shape[1]) > 0, -float("inf"), logits)
     ranked = tf.math.top_k(others, k=num_targets).indices
@@ -163,11 +169,11 @@ def fab_t(
 
 def _check_options(steps, restarts, alpha_max, eta, beta):
     return dict(
-        steps=_common.check_positive_int("steps", steps),
-        restarts=_common.check_positive_int("restarts", restarts),
-        alpha_max=_common.check_number("alpha_max", alpha_max, low=0.0, high=1.0),
-        eta=_common.check_number("eta", eta, low=1.0),
-        beta=_common.check_number("beta", beta, low=0.0, high=1.0, low_open=True),
+        steps=check_positive_int("steps", steps),
+        restarts=check_positive_int("restarts", restarts),
+        alpha_max=check_number("alpha_max", alpha_max, low=0.0, high=1.0),
+        eta=check_number("eta", eta, low=1.0),
+        beta=check_number("beta", beta, low=0.0, high=1.0, low_open=True),
     )
 
 
@@ -212,7 +218,7 @@ def _random_point(x, radius, norm, seed):
     else:
         direction = tf.random.stateless_normal(tf.shape(x), seed)
     size = perturbation_norms(tf.zeros_like(x), direction, norm)
-    return x + direction * _common.per_example(radius / tf.maximum(size, 1e-12), len(x.shape))
+    return x + direction * per_example(radius / tf.maximum(size, 1e-12), len(x.shape))
 
 
 def _build_fab_run(model_ref, norm, steps, alpha_max, eta, beta, clip_min, clip_max, targeted, hit_target):
@@ -247,7 +253,7 @@ def _build_fab_run(model_ref, norm, steps, alpha_max, eta, beta, clip_min, clip_
             size = _flat_norm(x1 - flat0, norm)
             better = success & (size < best_norm)
             best_norm = tf.where(better, size, best_norm)
-            best_adv = tf.where(_common.per_example(better, len(x0.shape)), tf.reshape(x1, shape), best_adv)
+            best_adv = tf.where(per_example(better, len(x0.shape)), tf.reshape(x1, shape), best_adv)
             x1 = tf.where(success[:, None], flat0 + beta * (x1 - flat0), x1)
         return best_norm, best_adv
 

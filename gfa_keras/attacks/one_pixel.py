@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from gfa_keras.attacks import _common
 from gfa_keras.attacks.base import register_attack, validate_attack_inputs
+from gfa_keras.validation import check_number, check_positive_int
 
 __all__ = ["one_pixel"]
 
@@ -76,16 +77,17 @@ def one_pixel(
     ```
     """
     x, y = validate_attack_inputs(x, y, eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max)
-    if norm != "linf":
-        raise ValueError(f"one_pixel bounds each pixel's change in Linf. Expected norm='linf'. Received: norm={norm!r}")
-    steps = _common.check_positive_int("steps", steps)
-    pixels = _common.check_positive_int("pixels", pixels)
-    population = _common.check_positive_int("population", population, minimum=4)
-    mutation = _common.check_number("mutation", mutation, low=0.0, high=2.0, low_open=True)
+    _common.require_norm("one_pixel", norm, "linf")
+    steps = check_positive_int("steps", steps)
+    pixels = check_positive_int("pixels", pixels)
+    population = check_positive_int("population", population, minimum=4)
+    mutation = check_number("mutation", mutation, low=0.0, high=2.0, low_open=True)
     _common.require_image_batch("one_pixel", x)
-    if x.shape[0] == 0 or eps == 0:
+    if x.shape[0] == 0:
         return tf.identity(x)
     _, targets = _common.clean_logits(model, x, y, targets)
+    if eps == 0:
+        return tf.identity(x)
     images = x if x.shape.rank == 4 else x[..., None]
     change = min(float(eps), float(clip_max - clip_min))
     run = _common.compiled(

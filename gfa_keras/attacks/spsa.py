@@ -16,23 +16,25 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from gfa_keras.attacks._common import (
-    adam_update,
-    check_number,
-    check_positive_int,
-    margin,
-    select_per_example,
-    validate_for_model,
-)
-from gfa_keras.attacks.base import project, register_attack
+from gfa_keras.attacks import _common
+from gfa_keras.attacks._common import adam_update, margin, select_per_example
+from gfa_keras.attacks.base import project, register_attack, validate_attack_inputs
+from gfa_keras.validation import check_number, check_positive_int
 
 __all__ = ["spsa"]
 
 
-@tf.function(reduce_retracing=True)
-def _spsa(
-    model, x, y, eps, seed, *, steps, num_samples, perturbation_size, learning_rate, clip_min, clip_max
-):
+def _build_spsa(model_ref, steps, num_samples, perturbation_size, learning_rate, clip_min, clip_max):
+    @tf.function(reduce_retracing=True)
+    def run(x, y, eps, seed):
+        return _spsa(model_ref(), x, y, eps, seed, steps=steps, num_samples=num_samples,
+                     perturbation_size=perturbation_size, learning_rate=learning_rate,
+                     clip_min=clip_min, clip_max=clip_max)
+
+    return run
+
+
+def _spsa(model, x, y, eps, seed, *, steps, num_samples, perturbation_size, learning_rate, clip_min, clip_max):
     batch = tf.shape(x)[0]
     sample_shape = tf.concat([[batch, num_samples], tf.shape(x)[1:]], axis=0)
     # Each example's 2 * num_samples probes come in a row once flattened.
@@ -123,27 +125,18 @@ def spsa(
 
     >>> x_adv = spsa(model, x_test, y_test, eps=0.1, steps=100, num_samples=64)
     """
-    if norm != "linf":
-        raise ValueError(
-            f"spsa supports only the Linf threat model. Expected norm='linf'. Received: norm={norm!r}"
-        )
-    x, y, _ = validate_for_model(model, x, y, eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max)
+    _common.require_norm("spsa", norm, "linf")
+    x, y = validate_attack_inputs(x, y, eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max)
     steps = check_positive_int("steps", steps)
     num_samples = check_positive_int("num_samples", num_samples)
     perturbation_size = check_number("perturbation_size", perturbation_size, low=0.0, low_open=True)
     learning_rate = check_number("learning_rate", learning_rate, low=0.0, low_open=True)
+    if x.shape[0] == 0:
+        return tf.identity(x)
+    _common.clean_logits(model, x, y)
     if eps == 0:
-        return x
-    return _spsa(
-        model,
-        x,
-        y,
-        tf.constant(eps, tf.float32),
-        tf.constant(seed, tf.int64),
-        steps=steps,
-        num_samples=num_samples,
-        perturbation_size=float(perturbation_size),
-        learning_rate=float(learning_rate),
-        clip_min=float(clip_min),
-        clip_max=float(clip_max),
+        return tf.identity(x)
+    run = _common.compiled(
+        model, (steps, num_samples, perturbation_size, learning_rate, float(clip_min), float(clip_max)), _build_spsa
     )
+    return run(x, y, tf.constant(eps, tf.float32), tf.constant(seed, tf.int64))

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from gfa_keras.attacks import _common
 from gfa_keras.attacks.base import register_attack, validate_attack_inputs
+from gfa_keras.validation import check_choice, check_number, check_positive_int
 
 __all__ = ["square"]
 
@@ -94,18 +95,19 @@ def square(
     ```
     """
     x, y = validate_attack_inputs(x, y, eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max)
-    steps = _common.check_positive_int("steps", steps)
-    p_init = _common.check_number("p_init", p_init, low=0.0, high=1.0, low_open=True)
-    if not isinstance(rescale_schedule, (bool, np.bool_)):
-        raise ValueError(f"rescale_schedule must be True or False. Received: rescale_schedule={rescale_schedule!r}")
+    steps = check_positive_int("steps", steps)
+    p_init = check_number("p_init", p_init, low=0.0, high=1.0, low_open=True)
+    rescale_schedule = bool(check_choice("rescale_schedule", rescale_schedule, (False, True)))
     _common.require_image_batch("square", x)
-    if x.shape[0] == 0 or eps == 0:
+    if x.shape[0] == 0:
         return tf.identity(x)
     _, targets = _common.clean_logits(model, x, y, targets)
+    if eps == 0:
+        return tf.identity(x)
     images = x if x.shape.rank == 4 else x[..., None]
     height, width, channels = images.shape[1:]
 
-    sizes = _window_sizes(steps, p_init, height, width, norm, bool(rescale_schedule))
+    sizes = _window_sizes(steps, p_init, height, width, norm, rescale_schedule)
     distinct, size_index = np.unique(sizes, return_inverse=True)
     # Per window size, the L2 pattern and its transpose, at the top-left of an image.
     table = np.zeros([len(distinct), 2, height, width], "float32")
