@@ -41,7 +41,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from gfa_keras import evaluate_robustness, harden  # noqa: E402
-from gfa_keras.training.methods import DEFAULT_PENALTY_WEIGHTS  # noqa: E402
+from gfa_keras.architectures import build_architecture  # noqa: E402
+from gfa_keras.training.methods import DEFAULT_PENALTY_WEIGHTS, METHODS as REGISTERED  # noqa: E402
 from gfa_keras.data import load_dataset  # noqa: E402
 from gfa_keras.evaluation.report import RobustnessReport  # noqa: E402
 
@@ -67,17 +68,12 @@ VALIDATION_SIZE = 5000
 BATCH_SIZE = 128
 
 
+ARCHITECTURE_NAMES = {"mlp": "mlp", "cnn": "small_cnn"}  # --arch -> gfa_keras.architectures name
+
+
 def build_base(arch: str, input_shape, num_classes: int, seed: int = 0) -> keras.Model:
-    """The paper-style classifiers, outputting logits: an MLP and a small CNN."""
-    keras.utils.set_random_seed(seed)
-    if arch == "mlp":
-        hidden = [keras.layers.Flatten(), keras.layers.Dense(256, activation="relu"),
-                  keras.layers.Dense(256, activation="relu")]
-    else:
-        hidden = [keras.layers.Conv2D(32, 3, activation="relu", padding="same"), keras.layers.MaxPooling2D(),
-                  keras.layers.Conv2D(64, 3, activation="relu", padding="same"), keras.layers.MaxPooling2D(),
-                  keras.layers.Flatten(), keras.layers.Dense(128, activation="relu")]
-    return keras.Sequential([keras.Input(input_shape), *hidden, keras.layers.Dense(num_classes)], name=arch)
+    """The paper-style classifiers from `gfa_keras.architectures`, outputting logits."""
+    return build_architecture(ARCHITECTURE_NAMES.get(arch, arch), input_shape, num_classes, seed=seed)
 
 
 def load_splits(dataset: str, train_size: int | None):
@@ -102,11 +98,11 @@ def make_model(dataset, arch, method, beta, input_shape, num_classes):
     """Builds and compiles the hardened model for one method."""
     options, loss = METHODS[method]
     options = dict(options)
-    if options["method"] in ("pgd", "trades", "hybrid", "gfa_pgd"):
+    if REGISTERED[options["method"]].needs_eps:
         options.update(eps=SETTINGS[dataset]["eps"])
         if options["method"] != "trades":
             options.update(steps=SETTINGS[dataset]["train_steps"])
-    if beta is not None and options["method"] in ("gfa", "gfa_pgd"):
+    if beta is not None and REGISTERED[options["method"]].aligned:
         options["penalty_weight"] = beta
     model = harden(build_base(arch, input_shape, num_classes), **options)
     if loss == "mse":
@@ -298,7 +294,8 @@ def table(args):
         last = progress["history"][-1]
         alignment = " / ".join(f"{v:.2f}" for k, v in last.items() if k.startswith("alignment_")) or "-"
         weight = progress["harden"].get("penalty_weight")
-        if weight is None and progress["harden"]["method"] in ("trades", "datagrad", "hybrid"):
+        if weight is None and progress["harden"]["method"] in DEFAULT_PENALTY_WEIGHTS \
+                and not REGISTERED[progress["harden"]["method"]].aligned:
             weight = DEFAULT_PENALTY_WEIGHTS[progress["harden"]["method"]]
         rows.append("| " + " | ".join([
             method, progress["loss"], "-" if weight is None else f"{weight:g}", alignment,

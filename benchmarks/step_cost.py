@@ -24,6 +24,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from gfa_keras import harden  # noqa: E402
+from gfa_keras.architectures import build_architecture  # noqa: E402
 
 EPS = 8 / 255
 METHODS = {
@@ -35,28 +36,14 @@ METHODS = {
     "datagrad_l2": dict(method="datagrad", p=2),
     "hybrid": dict(method="hybrid", eps=EPS, steps=7),
     "gfa3_pgd7": dict(method="gfa_pgd", layers=3, eps=EPS, steps=7),
+    "pgd7_awp": dict(method="pgd", eps=EPS, steps=7, awp_gamma=5e-3),
+    "pgd7_ema": dict(method="pgd", eps=EPS, steps=7, ema_momentum=0.999),
+    "recommended": dict(method="recommended", eps=EPS),
 }
 
 
-def small_cnn(seed=0):
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential(
-        [
-            keras.Input((32, 32, 3)),
-            keras.layers.Conv2D(32, 3, activation="relu", padding="same"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(64, 3, activation="relu", padding="same"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Flatten(),
-            keras.layers.Dense(128, activation="relu"),
-            keras.layers.Dense(10),
-        ],
-        name="small_cnn",
-    )
-
-
 def build(options, jit):
-    model = harden(small_cnn(), **options)
+    model = harden(build_architecture("small_cnn", (32, 32, 3), 10, seed=0), **options)
     model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   jit_compile=jit)
     return model

@@ -2,13 +2,15 @@
 robust they are.
 
 - `harden(model, layers=3)`: layer-wise Gradient-Feature Alignment (and, with
-  `method=`, PGD adversarial training, TRADES, DataGrad, the hybrid, GFA + PGD).
+  `method=`, PGD adversarial training, TRADES, DataGrad, the hybrid, GFA + PGD, and
+  "recommended": PGD training with adversarial weight perturbation and weight averaging).
 - `HardenedModel(base, perturbation=..., regularizers=[...])`: compose your own.
 - `gradient_feature_alignment`, `alignment_penalty`: the penalty for custom loops.
 - `evaluate_robustness(model, (x, y), "autoattack", eps=[...])`: the worst case over an
   attack cascade on every test point, as a `RobustnessReport` with masking checks.
 - `tune(model, x, y, validation_data=...)`: the beta search with Keras Tuner;
-  `RobustAccuracy`: a callback that logs `val_robust_accuracy`.
+  `RobustAccuracy`: a callback that logs `val_robust_accuracy`; `RobustEarlyStopping`:
+  keeps the epoch with the best held-out robust accuracy.
 
 The package, from the bottom up: `validation` and `threat_model` (shared checks and
 geometry), `training/`, `attacks/`, `evaluation/`, `tuning/`, `reports/`, `cli/`; imports
@@ -20,6 +22,7 @@ import importlib
 
 from gfa_keras.training import (
     FGSM,
+    AdversarialWeightPerturbation,
     NFGSM,
     PGD,
     CyclicLearningRate,
@@ -30,6 +33,7 @@ from gfa_keras.training import (
     InputGradientNorm,
     METHODS,
     PenaltyWarmup,
+    register_method,
     TradesKL,
     alignment_penalty,
     gradient_feature_alignment,
@@ -45,6 +49,7 @@ _LAZY = {
     "PRESETS": "gfa_keras.evaluation",
     "RobustnessReport": "gfa_keras.evaluation",
     "RobustAccuracy": "gfa_keras.evaluation",
+    "RobustEarlyStopping": "gfa_keras.evaluation",
     "tune": "gfa_keras.tuning",
     "GFAHyperModel": "gfa_keras.tuning",
     "TuningResult": "gfa_keras.tuning",
@@ -66,6 +71,8 @@ def __dir__():
 __all__ = [
     "harden",
     "METHODS",
+    "register_method",
+    "AdversarialWeightPerturbation",
     "GFAModel",
     "HardenedModel",
     "FGSM",
@@ -78,6 +85,7 @@ __all__ = [
     "PenaltyWarmup",
     "CyclicLearningRate",
     "RobustAccuracy",
+    "RobustEarlyStopping",
     "tune",
     "GFAHyperModel",
     "TuningResult",

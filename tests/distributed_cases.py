@@ -16,6 +16,7 @@ import tensorflow as tf
 from gfa_keras import HardenedModel, harden
 from gfa_keras.training.perturbations import PGD
 from gfa_keras.training.regularizers import GradientFeatureAlignment, InputGradientNorm, TradesKL
+from gfa_keras.training.weight_perturbation import AdversarialWeightPerturbation
 
 GLOBAL_BATCH = 16
 EPOCHS = 2
@@ -51,6 +52,13 @@ METHODS = {
     "gfa_pgd": lambda base: HardenedModel(base, perturbation=_pgd(),
                                           regularizers=[GradientFeatureAlignment(3, weight=0.5)]),
     "trades": lambda base: HardenedModel(base, regularizers=[FixedStartTradesKL(1.0, EPS, steps=3)]),
+    # AWP's perturbation comes from the global batch's gradient (all-reduced), and the
+    # weight averages are written through the strategy: both must match one device.
+    "pgd_awp": lambda base: HardenedModel(base, perturbation=_pgd(),
+                                          weight_perturbation=AdversarialWeightPerturbation(0.05)),
+    "trades_awp_ema": lambda base: HardenedModel(base, regularizers=[FixedStartTradesKL(1.0, EPS, steps=3)],
+                                                 weight_perturbation=AdversarialWeightPerturbation(0.05),
+                                                 ema_momentum=0.5),
 }
 
 # What 2 replicas would train if each replica's penalty were not divided by the number of

@@ -309,3 +309,28 @@ def test_datagrad_multitask_penalty_covers_the_auxiliary_loss_gradient():
     assert abs(expected - main_only) > 1e-3  # the auxiliary gradient really is part of it
     with pytest.raises(ValueError, match="needs a model with one output. Received: model .* with 2 outputs"):
         harden(base, method="pgd", eps=0.1)
+
+
+def test_the_registry_describes_every_method_and_harden_follows_it():
+    from gfa_keras.training.methods import DEFAULT_PENALTY_WEIGHTS, MethodSpec, get_method, register_method
+
+    assert {n for n, s in METHODS.items() if s.needs_eps} == {"pgd", "trades", "hybrid", "gfa_pgd", "recommended"}
+    assert DEFAULT_PENALTY_WEIGHTS == {"gfa": 0.01, "trades": 6.0, "datagrad": 0.01, "hybrid": 0.1, "gfa_pgd": 0.01}
+    recommended = harden(linear_model(), method="recommended", eps=EPS)
+    assert recommended.weight_perturbation.gamma == 5e-3 and recommended.ema_momentum == 0.999
+    assert recommended.perturbation.steps == 7
+    with pytest.raises(ValueError, match=r"Unknown method\. Expected one of \[.*'recommended'\]\. Received: method='pdg'"):
+        get_method("pdg")
+    with pytest.raises(ValueError, match=r"already registered\. Pass overwrite=True.*Received: name='pgd'"):
+        register_method(MethodSpec("pgd", METHODS["pgd"].build, None, True, ()))
+    spec = MethodSpec("pgd3_awp", lambda base, options, **kw: HardenedModel(base, perturbation=PGD(options.eps, steps=3),
+                                                                            **kw),
+                      None, True, ("awp_norm",), awp_gamma=0.01)
+    register_method(spec)
+    try:
+        model = harden(linear_model(), method="pgd3_awp", eps=EPS)
+        assert model.perturbation.steps == 3 and model.weight_perturbation.gamma == 0.01
+        with pytest.raises(ValueError, match=r"needs their radius.*Received: eps=None"):
+            harden(linear_model(), method="pgd3_awp")
+    finally:
+        del METHODS["pgd3_awp"]

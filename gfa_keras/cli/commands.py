@@ -55,7 +55,6 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 PROG = "gfa-keras"
 CHECKPOINT_MODEL = "checkpoint.keras"
 CHECKPOINT_STATE = "checkpoint.json"
-_ADVERSARIAL_METHODS = ("pgd", "trades", "hybrid", "gfa_pgd")
 # Settings that may change between a run and its --resume; every other one must match.
 _RESUMABLE_CHANGES = ("epochs", "verbose")
 
@@ -560,7 +559,7 @@ def _train(args):
         state = _read_checkpoint_state(out)
         raise CommandError(f"{out} already holds a checkpoint (epoch {state.get('epoch')}). "
                            "Pass --resume to continue it or --overwrite to start again.")
-    if args.method in _ADVERSARIAL_METHODS and args.eps is None:
+    if METHODS[args.method].needs_eps and args.eps is None:
         raise CommandError(f"--method {args.method} trains against perturbations and needs --eps "
                            "(e.g. 0.1 for the digits or Fashion-MNIST, 0.031 for CIFAR-10).")
     data = _load_data(args)
@@ -644,7 +643,7 @@ def _tune(args):
         max_trials=args.trials, epochs=args.epochs, batch_size=args.batch_size, directory=Path(args.out) / "tuner",
         project_name="search", overwrite=args.overwrite, seed=args.seed, verbose=args.verbose,
         objective=args.objective, penalty_weight=(args.min_weight, args.max_weight), layers=args.layers,
-        methods=args.methods, method_options={"eps": eps} if set(args.methods) & set(_ADVERSARIAL_METHODS) else {},
+        methods=args.methods, method_options={"eps": eps} if any(METHODS[m].needs_eps for m in args.methods) else {},
         optimizer=lambda: keras.optimizers.Adam(args.learning_rate), attack=args.attack, eps=eps,
         norm=args.norm, attack_steps=args.attack_steps, robust_points=args.robust_points)
     name = args.name or f"{Path(args.model).stem}_tuned"

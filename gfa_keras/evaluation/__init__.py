@@ -8,6 +8,7 @@
 - `masking_checks`: the gradient-masking checks and which of them an evaluation runs.
 - `report`: `RobustnessReport`, its tables, number formatting and JSON cleaning.
 - `callbacks`: the `RobustAccuracy` callback that brings the measurement into `fit`.
+- `early_stopping`: `RobustEarlyStopping`, which keeps the epoch `RobustAccuracy` rates best.
 
 May import: `gfa_keras.attacks`, `gfa_keras.threat_model`, `gfa_keras.validation`. Never
 training internals, the tuner or the report directory. The names below load on first
@@ -20,6 +21,7 @@ _LAZY = {
     "PRESETS": "gfa_keras.evaluation.presets",
     "RobustnessReport": "gfa_keras.evaluation.report",
     "RobustAccuracy": "gfa_keras.evaluation.callbacks",
+    "RobustEarlyStopping": "gfa_keras.evaluation.early_stopping",
 }
 
 
@@ -35,4 +37,4 @@ def __dir__():
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["evaluate_robustness", "PRESETS", "RobustnessReport", "RobustAccuracy"]
+__all__ = ["evaluate_robustness", "PRESETS", "RobustnessReport", "RobustAccuracy", "RobustEarlyStopping"]

@@ -2,12 +2,15 @@
 
 Owns the GFA penalty (`alignment`), the layer taps it reads (`taps`), training-time
 perturbations (`perturbations`), the regularizers (`regularizers`), the wrapper model
-(`model`), the named presets (`methods`) and the weight schedules (`schedules`).
+(`model`), adversarial weight perturbation (`weight_perturbation`), the method registry
+and `harden` (`methods`) and the weight schedules (`schedules`).
 May import: keras, TensorFlow, `gfa_keras.threat_model`, `gfa_keras.validation`. Never the
 attacks, the evaluation or the tuner: training must stay light to import.
 """
 from gfa_keras.training.alignment import alignment_penalty, gradient_feature_alignment
-from gfa_keras.training.methods import DEFAULT_PENALTY_WEIGHTS, METHODS, harden
+from gfa_keras.training.methods import (
+    DEFAULT_PENALTY_WEIGHTS, METHODS, MethodOptions, MethodSpec, get_method, harden, register_method,
+)
 from gfa_keras.training.model import GFAModel, HardenedModel
 from gfa_keras.training.perturbations import FGSM, NFGSM, PGD, Perturbation
 from gfa_keras.training.regularizers import (
@@ -18,9 +21,11 @@ from gfa_keras.training.regularizers import (
     TradesKL,
 )
 from gfa_keras.training.schedules import CyclicLearningRate, PenaltyWarmup
+from gfa_keras.training.weight_perturbation import AdversarialWeightPerturbation
 
 __all__ = [
-    "harden", "METHODS", "DEFAULT_PENALTY_WEIGHTS", "HardenedModel", "GFAModel",
+    "harden", "METHODS", "DEFAULT_PENALTY_WEIGHTS", "MethodSpec", "MethodOptions", "register_method",
+    "get_method", "AdversarialWeightPerturbation", "HardenedModel", "GFAModel",
     "Perturbation", "FGSM", "NFGSM", "PGD", "Regularizer", "GradientFeatureAlignment", "InputGradientNorm",
     "TradesKL", "GradAlign", "PenaltyWarmup", "CyclicLearningRate", "gradient_feature_alignment", "alignment_penalty",
 ]

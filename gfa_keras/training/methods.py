@@ -1,43 +1,194 @@
-"""`harden()`: one call that wraps a classifier for a named defense.
+"""The method registry and `harden()`: one call that wraps a classifier for a named defense.
 
-Each method is a preset of `HardenedModel`'s two parts, a perturbation and
-regularizers; compose them directly for anything else.
+Each method is a preset of `HardenedModel`'s parts (a perturbation, regularizers, and
+optionally adversarial weight perturbation and weight averaging), registered once in
+`METHODS` with what it needs and logs; `harden`, the tuner, the command line and the
+benchmarks all read it. Compose `HardenedModel` directly for anything else, or add a
+method with `register_method`.
 
-| method     | perturbation | regularizers                              | penalty_weight means |
-|------------|--------------|-------------------------------------------|----------------------|
-| "gfa"      | none         | GradientFeatureAlignment(layers)          | beta                 |
-| "pgd"      | PGD          | none (Madry et al.)                       | (unused)             |
-| "trades"   | none         | TradesKL (its own KL attack)              | TRADES' beta         |
-| "datagrad" | none         | InputGradientNorm(p)                      | lambda               |
-| "hybrid"   | PGD          | InputGradientNorm(p=2, squared), at x_adv | lambda               |
-| "gfa_pgd"  | PGD          | GradientFeatureAlignment(layers), at x_adv| beta                 |
-| "standard" | none         | none (plain training, for comparison)     | (unused)             |
+| method        | perturbation | regularizers                              | penalty_weight means |
+|---------------|--------------|-------------------------------------------|----------------------|
+| "gfa"         | none         | GradientFeatureAlignment(layers)          | beta                 |
+| "pgd"         | PGD          | none (Madry et al.)                       | (unused)             |
+| "trades"      | none         | TradesKL (its own KL attack)              | TRADES' beta         |
+| "datagrad"    | none         | InputGradientNorm(p)                      | lambda               |
+| "hybrid"      | PGD          | InputGradientNorm(p=2, squared), at x_adv | lambda               |
+| "gfa_pgd"     | PGD          | GradientFeatureAlignment(layers), at x_adv| beta                 |
+| "standard"    | none         | none (plain training, for comparison)     | (unused)             |
+| "recommended" | PGD          | none; AWP gamma 5e-3 and EMA 0.999        | (unused)             |
+
+Every method also takes `awp_gamma` (adversarial weight perturbation, Wu et al. 2020)
+and `ema_momentum` (an exponential moving average of the weights, batch-norm statistics
+included); "recommended" turns both on by default.
 """
 from __future__ import annotations
+
+import dataclasses
+from typing import Callable
 
 from gfa_keras.training.model import GFAModel, HardenedModel, check_base_model, require_tensorflow_backend
 from gfa_keras.training.perturbations import PGD
 from gfa_keras.training.regularizers import GradientFeatureAlignment, InputGradientNorm, TradesKL
+from gfa_keras.training.weight_perturbation import DEFAULT_AWP_GAMMA, AdversarialWeightPerturbation
+from gfa_keras.validation import check_number
 
-__all__ = ["METHODS", "DEFAULT_PENALTY_WEIGHTS", "harden"]
+__all__ = [
+    "METHODS", "DEFAULT_PENALTY_WEIGHTS", "MethodOptions", "MethodSpec", "register_method", "get_method",
+    "harden", "RECOMMENDED_DEFAULTS",
+]
 
-METHODS = ("gfa", "pgd", "trades", "datagrad", "hybrid", "gfa_pgd", "standard")
 
-DEFAULT_PENALTY_WEIGHTS = {
-    "gfa": 0.01,
-    "trades": 6.0,
-    "datagrad": 0.01,
-    "hybrid": 0.1,
-    "gfa_pgd": 0.01,
-}
+@dataclasses.dataclass(frozen=True)
+class MethodOptions:
+    """The options `harden` hands to a method's builder (see `harden` for each)."""
 
-_NEEDS_EPS = ("pgd", "trades", "hybrid", "gfa_pgd")
+    layers: object = 3
+    penalty_weight: float = 0.0
+    eps: float | None = None
+    step_size: float | None = None
+    steps: int | None = None
+    norm: str = "linf"
+    p: int = 2
+    clip_min: float = 0.0
+    clip_max: float = 1.0
+    epsilon: float = 1e-12
+
+    @property
+    def ball(self):
+        """The threat-model keywords every perturbation takes."""
+        return {"norm": self.norm, "clip_min": self.clip_min, "clip_max": self.clip_max}
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    """One registered defense.
+
+    Attributes:
+        name: The name `harden(method=...)` takes.
+        build: `(base_model, MethodOptions, **wrapper_kwargs) -> HardenedModel`; the
+            wrapper kwargs (`name`, `weight_perturbation`, `ema_momentum`) go to the
+            wrapper's constructor.
+        default_weight: The default `penalty_weight`, or None when the method has no
+            weighted regularizer.
+        needs_eps: Whether it trains against perturbations and so needs `eps`.
+        logs: The metrics it logs besides `loss`, `task_loss` and the compiled ones
+            (`<layer>` stands for each tapped layer's name).
+        aligned: Whether it logs the GFA alignment (`alignment_<layer>`).
+        description: One line for tables and `--help`.
+        awp_gamma: AWP's gamma when the caller gives none (None: no AWP).
+        ema_momentum: The weight-averaging momentum when the caller gives none (None: off).
+    """
+
+    name: str
+    build: Callable
+    default_weight: float | None
+    needs_eps: bool
+    logs: tuple
+    aligned: bool = False
+    description: str = ""
+    awp_gamma: float | None = None
+    ema_momentum: float | None = None
+
+
+METHODS: dict[str, MethodSpec] = {}
+# {method: default penalty weight} for the methods with a weighted regularizer; kept in
+# step with METHODS by `register_method`.
+DEFAULT_PENALTY_WEIGHTS: dict[str, float] = {}
+
+
+def register_method(spec: MethodSpec, overwrite: bool = False) -> MethodSpec:
+    """Adds `spec` to `METHODS`; a taken name needs `overwrite=True`.
+
+    Raises:
+        ValueError: For a spec that is not a `MethodSpec` or a name already registered.
+    """
+    if not isinstance(spec, MethodSpec):
+        raise ValueError(f"Expected a MethodSpec. Received: spec of type {type(spec).__name__}")
+    if spec.name in METHODS and not overwrite:
+        raise ValueError(
+            f"A method named {spec.name!r} is already registered. Pass overwrite=True to replace it. "
+            f"Received: name={spec.name!r}"
+        )
+    METHODS[spec.name] = spec
+    DEFAULT_PENALTY_WEIGHTS.pop(spec.name, None)
+    if spec.default_weight is not None:
+        DEFAULT_PENALTY_WEIGHTS[spec.name] = spec.default_weight
+    return spec
+
+
+def get_method(name: str) -> MethodSpec:
+    """The registered method `name`, or a ValueError listing them all."""
+    if name not in METHODS:
+        raise ValueError(f"Unknown method. Expected one of {list(METHODS)}. Received: method={name!r}")
+    return METHODS[name]
+
+
+def _steps(options, default):
+    return default if options.steps is None else options.steps
+
+
+def _pgd(options):
+    return PGD(options.eps, step_size=options.step_size, steps=_steps(options, 7), **options.ball)
+
+
+def _build_gfa(base, options, **kwargs):
+    return GFAModel(base, layers=options.layers, penalty_weight=options.penalty_weight, epsilon=options.epsilon,
+                    **kwargs)
+
+
+def _wrapper(perturbation=None, regularizers=()):
+    def build(base, options, **kwargs):
+        return HardenedModel(
+            base,
+            perturbation=perturbation(options) if perturbation else None,
+            regularizers=[make(options) for make in regularizers],
+            **kwargs,
+        )
+    return build
+
+
+_ALIGNMENT_LOGS = ("gfa_penalty", "gfa_weight", "alignment_<layer>")
+
+for _spec in (
+    MethodSpec("gfa", _build_gfa, 0.01, False, _ALIGNMENT_LOGS, aligned=True,
+               description="layer-wise gradient-feature alignment (the paper's method)"),
+    MethodSpec("pgd", _wrapper(_pgd), None, True, (),
+               description="Madry PGD adversarial training (7 steps)"),
+    MethodSpec("trades", _wrapper(regularizers=[lambda o: TradesKL(
+        o.penalty_weight, o.eps, step_size=o.step_size, steps=_steps(o, 10), **o.ball)]),
+        6.0, True, ("trades_penalty", "trades_weight"),
+        description="TRADES: clean cross-entropy + beta KL to a KL-maximising point (10 steps)"),
+    MethodSpec("datagrad", _wrapper(regularizers=[lambda o: InputGradientNorm(p=o.p, weight=o.penalty_weight)]),
+               0.01, False, ("input_gradient_penalty", "input_gradient_weight"),
+               description="DataGrad: the input-gradient norm penalty (double backprop)"),
+    MethodSpec("hybrid", _wrapper(_pgd, [lambda o: InputGradientNorm(p=2, weight=o.penalty_weight, squared=True)]),
+               0.1, True, ("input_gradient_penalty", "input_gradient_weight"),
+               description="PGD training + squared input-gradient norm at the PGD points"),
+    MethodSpec("gfa_pgd", _wrapper(_pgd, [lambda o: GradientFeatureAlignment(o.layers, o.penalty_weight,
+                                                                            o.epsilon)]),
+               0.01, True, _ALIGNMENT_LOGS, aligned=True,
+               description="PGD training + GFA at the PGD points"),
+    MethodSpec("standard", _wrapper(), None, False, (), description="plain training, for comparison"),
+    MethodSpec("recommended", _wrapper(_pgd), None, True, ("awp_norm", "awp_loss_gain"),
+               description="PGD-7 training with adversarial weight perturbation (gamma 5e-3) and an "
+                           "exponential moving average of the weights (momentum 0.999)",
+               awp_gamma=DEFAULT_AWP_GAMMA, ema_momentum=0.999),
+):
+    register_method(_spec)
+
+# The recommended recipe's settings, for documentation and the benchmarks.
+RECOMMENDED_DEFAULTS = {"perturbation": "PGD, 7 steps of 2.5 eps / 7, random start",
+                        "awp_gamma": METHODS["recommended"].awp_gamma,
+                        "ema_momentum": METHODS["recommended"].ema_momentum}
+
+
 
 
 def harden(model, layers=3, penalty_weight: float | None = None, *, method: str = "gfa",
            eps: float | None = None, step_size: float | None = None, steps: int | None = None,
            norm: str = "linf", p: int = 2, clip_min: float = 0.0, clip_max: float = 1.0,
-           epsilon: float = 1e-12, name: str | None = None) -> HardenedModel:
+           epsilon: float = 1e-12, awp_gamma: float | None = None, ema_momentum: float | None = None,
+           name: str | None = None) -> HardenedModel:
     """Wraps `model` so that `fit` trains it with a defense, by default layer-wise GFA.
 
     Args:
@@ -46,8 +197,10 @@ def harden(model, layers=3, penalty_weight: float | None = None, *, method: str 
             layers; 1 = the input image, the paper's FIRST; 3 = DEEP) or layer names or
             layer objects.
         penalty_weight: The weight of the method's regularizer (see the module table);
-            default per method: gfa 0.01, trades 6.0, datagrad 0.01, hybrid 0.1.
-        method: One of `METHODS`.
+            default per method: gfa 0.01, trades 6.0, datagrad 0.01, hybrid 0.1, gfa_pgd 0.01.
+        method: One of `METHODS`. "recommended" is the library's best measured recipe
+            against AutoAttack: PGD-7 training with AWP (gamma 5e-3) and weight averaging
+            (momentum 0.999); docs/RESULTS.md has the measurements.
         eps: Perturbation radius in pixel scale, required by the adversarial methods
             (e.g. 8/255 for CIFAR-10, 0.1 for Fashion-MNIST, Linf).
         step_size: Attack step; default 2.5 * eps / steps.
@@ -56,6 +209,12 @@ def harden(model, layers=3, penalty_weight: float | None = None, *, method: str 
         p: DataGrad's norm, 1 or 2.
         clip_min, clip_max: The valid pixel range.
         epsilon: GFA's cosine epsilon.
+        awp_gamma: Adversarial weight perturbation's relative size (Wu et al. 2020: 5e-3),
+            a finite number > 0; None: the method's default (off, except "recommended").
+        ema_momentum: Keep an exponential moving average of the weights (batch-norm
+            statistics included) with this momentum in (0, 1), e.g. 0.999; after `fit`
+            the model holds the averaged weights. None: the method's default (off, except
+            "recommended").
         name: The wrapper's name; default "<model name>_<method>".
 
     Returns:
@@ -64,7 +223,7 @@ def harden(model, layers=3, penalty_weight: float | None = None, *, method: str 
     Raises:
         ValueError: For an unknown method, a non-Keras or unbuilt model, bad `layers`,
             a negative or non-finite weight, a missing or non-positive eps, steps < 1,
-            p not in {1, 2}.
+            p not in {1, 2}, awp_gamma <= 0 or non-finite, ema_momentum outside (0, 1).
         RuntimeError: When the Keras backend is not TensorFlow.
 
     Example:
@@ -78,30 +237,23 @@ def harden(model, layers=3, penalty_weight: float | None = None, *, method: str 
     ...               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     """
     require_tensorflow_backend()
-    if method not in METHODS:
-        raise ValueError(f"Unknown method. Expected one of {list(METHODS)}. Received: method={method!r}")
+    spec = get_method(method)
     check_base_model(model)
     if penalty_weight is None:
-        penalty_weight = DEFAULT_PENALTY_WEIGHTS.get(method, 0.0)
-    name = name or f"{model.name}_{method}"
-    if method == "gfa":
-        return GFAModel(model, layers=layers, penalty_weight=penalty_weight, epsilon=epsilon, name=name)
-    if method in _NEEDS_EPS and eps is None:
+        penalty_weight = spec.default_weight if spec.default_weight is not None else 0.0
+    if spec.needs_eps and eps is None:
         raise ValueError(
             f"method={method!r} trains against perturbations and needs their radius. Expected eps > 0 in "
             "pixel scale, e.g. eps=8/255 for CIFAR-10 or 0.1 for Fashion-MNIST. Received: eps=None"
         )
-    ball = {"norm": norm, "clip_min": clip_min, "clip_max": clip_max}
-    perturbation, regularizers = None, []
-    if method in ("pgd", "hybrid", "gfa_pgd"):
-        perturbation = PGD(eps, step_size=step_size, steps=7 if steps is None else steps, **ball)
-    if method == "trades":
-        regularizers.append(TradesKL(penalty_weight, eps, step_size=step_size,
-                                     steps=10 if steps is None else steps, **ball))
-    elif method == "datagrad":
-        regularizers.append(InputGradientNorm(p=p, weight=penalty_weight))
-    elif method == "hybrid":
-        regularizers.append(InputGradientNorm(p=2, weight=penalty_weight, squared=True))
-    elif method == "gfa_pgd":
-        regularizers.append(GradientFeatureAlignment(layers, penalty_weight, epsilon))
-    return HardenedModel(model, perturbation=perturbation, regularizers=regularizers, name=name)
+    awp_gamma = spec.awp_gamma if awp_gamma is None else awp_gamma
+    ema_momentum = spec.ema_momentum if ema_momentum is None else ema_momentum
+    # Checked here, before any regularizer is built, so the message names the argument.
+    weight_perturbation = None if awp_gamma is None else AdversarialWeightPerturbation(
+        check_number("awp_gamma", awp_gamma, low=0, low_open=True))
+    if ema_momentum is not None:
+        check_number("ema_momentum", ema_momentum, low=0, high=1, low_open=True, high_open=True)
+    options = MethodOptions(layers=layers, penalty_weight=penalty_weight, eps=eps, step_size=step_size,
+                            steps=steps, norm=norm, p=p, clip_min=clip_min, clip_max=clip_max, epsilon=epsilon)
+    return spec.build(model, options, name=name or f"{model.name}_{method}",
+                      weight_perturbation=weight_perturbation, ema_momentum=ema_momentum)

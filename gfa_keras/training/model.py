@@ -6,27 +6,36 @@ the second-order penalties) and `test_step` (the same penalties on validation da
 
 One step, whatever the method:
 1. `x_train = perturbation(x)` when there is one (adversarial training), else x.
-2. Under an outer tape, an inner tape records the forward pass through a multi-output
+2. With a weight perturbation (AWP): the objective of steps 3-4 at the current weights,
+   its gradient, and the kernels moved by the weight-ascent step (removed after step 5).
+3. Under an outer tape, an inner tape records the forward pass through a multi-output
    feature extractor (the taps and the predictions) and the task loss; ONE inner
    backward pass gives dL/dh for every tap and for the input.
-3. Each regularizer turns those into a penalty; total = task + sum_r weight_r * penalty_r.
-4. The outer tape differentiates total with respect to the weights (second order).
+4. Each regularizer turns those into a penalty; total = task + sum_r weight_r * penalty_r.
+5. The outer tape differentiates total with respect to the weights (second order) and
+   the optimizer steps.
+6. With weight averaging: the exponential moving average of the weights is updated.
 
 `GFAModel` is the paper's method: a `HardenedModel` with one `GradientFeatureAlignment`.
 """
 from __future__ import annotations
 
+import contextlib
+
 import keras
+import numpy as np
 import tensorflow as tf
 
 from gfa_keras.training.perturbations import Perturbation
 from gfa_keras.training.regularizers import GradientFeatureAlignment, Regularizer, StepTensors
 from gfa_keras.training.taps import MODEL_INPUT, build_feature_extractor
+from gfa_keras.training.weight_perturbation import AdversarialWeightPerturbation, update_variables
 from gfa_keras.validation import check_number
 
 __all__ = ["HardenedModel", "GFAModel"]
 
 DEFAULT_PENALTY_WEIGHT = 0.01
+_AWP_METRICS = ("awp_norm", "awp_loss_gain")
 
 
 def require_tensorflow_backend():
@@ -68,6 +77,22 @@ def _as_vector(value):
     return tf.reshape(value, [-1]) if isinstance(value, tf.Tensor) and value.shape.rank == 0 else value
 
 
+def _averaged(variables):
+    """The base model's variables that weight averaging follows: every float variable,
+    trainable or not, so that batch-norm statistics are averaged with the weights."""
+    return [v for v in variables if v.dtype is not None and "float" in str(v.dtype)]
+
+
+def _swap(pairs):
+    """Exchanges the values of each pair of variables (eagerly, outside train_step)."""
+    for a, b in pairs:
+        # A NumPy copy: a tensor read from a variable may share its buffer, which the
+        # assignment would then overwrite.
+        value = np.array(keras.ops.convert_to_numpy(a))
+        a.assign(keras.ops.convert_to_numpy(b))
+        b.assign(value)
+
+
 def _serialize(obj):
     return keras.saving.serialize_keras_object(obj)
 
@@ -87,11 +112,26 @@ class HardenedModel(keras.Model):
             `PGD(eps=8/255, steps=7)`: the task loss is then taken on the perturbed batch.
         regularizers: `Regularizer`s (`GradientFeatureAlignment`, `InputGradientNorm`,
             `TradesKL`), each with its own weight; names must be distinct.
+        weight_perturbation: None or an `AdversarialWeightPerturbation` (AWP, Wu et al.
+            2020): each step then takes its gradient at weights moved up the training
+            objective (computed on the perturbed batch) and removes the move after the
+            optimizer step. Costs one more forward and backward pass per step.
+        ema_momentum: None, or a number in (0, 1) (e.g. 0.999): keep an exponential
+            moving average of the base model's weights AND its non-trainable float
+            variables (batch-norm statistics), updated after every step with momentum
+            `min(ema_momentum, (1 + t) / (10 + t))` at update t (the first update copies
+            the weights). When `fit` returns, the averaged weights are in the base model
+            (what `evaluate`, `predict` and `save` use); the next `fit` swaps the trained
+            weights back in and goes on from them. Validation during `fit` (`val_*`) sees
+            the trained, not the averaged, weights; `averaged_weights()` swaps them in
+            for a callback.
         **kwargs: Passed to `keras.Model` (e.g. `name`).
 
     Logged metrics: `loss` (total), `task_loss`, `<name>_penalty` for each regularizer
     (unweighted), `<name>_weight` (its current weight), `alignment_<layer>` for GFA,
-    and the compiled metrics; the same with `val_` on validation data. Validation runs
+    with AWP `awp_norm` (the global norm of the weight perturbation) and `awp_loss_gain`
+    (the objective at the perturbed weights minus at the weights), and the compiled
+    metrics; the same with `val_` on validation data (AWP: training only). Validation runs
     on clean data (no perturbation); `TradesKL` runs its own attack there too.
 
     Trains under `tf.distribute` (`MirroredStrategy`, `MultiWorkerMirroredStrategy`:
@@ -108,7 +148,8 @@ class HardenedModel(keras.Model):
     ...                        regularizers=[InputGradientNorm(p=2, squared=True, weight=0.1)])
     """
 
-    def __init__(self, base_model, perturbation=None, regularizers=(), **kwargs):
+    def __init__(self, base_model, perturbation=None, regularizers=(), weight_perturbation=None,
+                 ema_momentum=None, **kwargs):
         require_tensorflow_backend()
         check_base_model(base_model)
         if perturbation is not None and not isinstance(perturbation, Perturbation):
@@ -123,6 +164,13 @@ class HardenedModel(keras.Model):
                 "regularizers must be gfa_keras Regularizers (GradientFeatureAlignment, InputGradientNorm, "
                 f"TradesKL, GradAlign). Received: {bad!r}"
             )
+        if weight_perturbation is not None and not isinstance(weight_perturbation, AdversarialWeightPerturbation):
+            raise ValueError(
+                "weight_perturbation must be None or an AdversarialWeightPerturbation. "
+                f"Received: weight_perturbation={weight_perturbation!r}"
+            )
+        if ema_momentum is not None:
+            ema_momentum = check_number("ema_momentum", ema_momentum, low=0, high=1, low_open=True, high_open=True)
         names = [r.name for r in regularizers]
         if len(set(names)) != len(names):
             raise ValueError(f"Each regularizer may appear once. Received regularizers named: {names}")
@@ -139,6 +187,8 @@ class HardenedModel(keras.Model):
         self.base_model = base_model
         self.perturbation = perturbation
         self.regularizers = regularizers
+        self.weight_perturbation = weight_perturbation
+        self.ema_momentum = ema_momentum
 
         self._taps = tuple(dict.fromkeys(n for r in regularizers for n in r.tapped_layers if n != MODEL_INPUT))
         self._needs_input_gradient = any(
@@ -159,6 +209,21 @@ class HardenedModel(keras.Model):
         self._weight_trackers = {
             r.name: keras.metrics.Mean(name=f"{r.name}_weight") for r in regularizers
         }
+        if weight_perturbation is not None:
+            self._penalty_trackers.update({m: keras.metrics.Mean(name=m) for m in _AWP_METRICS})
+        self._ema_pairs = []
+        if ema_momentum is not None:
+            self._ema_pairs = [
+                (v, self.add_weight(shape=v.shape, dtype=v.dtype, initializer="zeros", trainable=False,
+                                    name=f"ema_{i}"))
+                for i, v in enumerate(_averaged(base_model.weights))
+            ]
+            self._ema_updates = self.add_weight(shape=(), dtype="float32", initializer="zeros", trainable=False,
+                                                name="ema_updates")
+            # 1 while the base model holds the averaged weights (the trained ones then
+            # wait in the ema_* variables); saved, so a loaded model knows which it holds.
+            self._ema_swapped = self.add_weight(shape=(), dtype="float32", initializer="zeros", trainable=False,
+                                                name="ema_swapped")
         # The base model is built, so the wrapper is too: without this, save_weights,
         # ModelCheckpoint and Keras Tuner fail on a wrapper that was never called.
         self.built = True
@@ -216,12 +281,20 @@ class HardenedModel(keras.Model):
                            self, training)
         return task_loss, step
 
-    def _total_loss(self, x, y, sample_weight, training):
-        """(total, task_loss, {metric: value}, y_pred) for one batch."""
+    def _total_loss(self, x, y, sample_weight, training, x_train=None, cache=None):
+        """(total, task_loss, {metric: value}, y_pred) for one batch.
+
+        `x_train` is the already perturbed batch (else the perturbation runs here);
+        `cache` lets regularizers reuse their own attacks' points between the two passes
+        of an AWP step."""
         clean_x = x
-        if training and self.perturbation is not None:
+        if x_train is not None:
+            x = x_train
+        elif training and self.perturbation is not None:
             x = self.perturbation(self.base_model, x, y)
         task_loss, step = self._forward(x, clean_x, y, sample_weight, training)
+        if cache is not None:
+            step.cache = cache
         total, logs = task_loss, {}
         for r in self.regularizers:
             value, extra = r.penalty(step)
@@ -255,19 +328,103 @@ class HardenedModel(keras.Model):
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x_train = self.perturbation(self.base_model, x, y) if self.perturbation is not None else x
+        cache = {}
+        perturbed, deltas = [], []
+        if self.weight_perturbation is not None:
+            perturbed, deltas, base_total = self._weight_ascent(x, x_train, y, sample_weight, cache)
         with tf.GradientTape() as outer:
-            total, task_loss, logs, y_pred = self._total_loss(x, y, sample_weight, training=True)
+            total, task_loss, logs, y_pred = self._total_loss(x, y, sample_weight, training=True, x_train=x_train,
+                                                              cache=cache)
             scaled_total = self.optimizer.scale_loss(total)
         variables = self.trainable_variables
         self.optimizer.apply(outer.gradient(scaled_total, variables), variables)
+        if self.weight_perturbation is not None:
+            # Wu et al.'s order: the optimizer steps at the perturbed weights, then the
+            # perturbation is taken away again.
+            update_variables(perturbed, deltas, lambda v, d: v.assign_sub(d))
+            logs["awp_norm"] = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(d)) for d in deltas]))
+            logs["awp_loss_gain"] = (total - base_total) * _num_replicas()
+        if self._ema_pairs:
+            self._update_averages()
         self._update_trackers(x, total, task_loss, logs)
         return self._step_logs(x, y, y_pred, sample_weight)
+
+    def _weight_ascent(self, x, x_train, y, sample_weight, cache):
+        """AWP's ascent: moves the kernels by the weight perturbation, returns
+        (variables, deltas, objective at the unperturbed weights)."""
+        perturbed = self.weight_perturbation.perturbed(self.trainable_variables)
+        # The ascent pass runs in training mode, like the update's, but must not move
+        # batch-norm statistics a second time: they are put back afterwards.
+        statistics = _averaged(self.base_model.non_trainable_variables)
+        saved = [tf.identity(keras.ops.convert_to_tensor(v)) for v in statistics]
+        with tf.GradientTape() as tape:
+            base_total, _, _, _ = self._total_loss(x, y, sample_weight, training=True, x_train=x_train, cache=cache)
+        gradients = tape.gradient(base_total, perturbed)
+        context = tf.distribute.get_replica_context()
+        if context is not None and tf.distribute.has_strategy():
+            # The loss is already divided by the number of replicas: summing gives the
+            # gradient of the global batch, the same perturbation on every replica.
+            present = [i for i, g in enumerate(gradients) if g is not None]
+            reduced = context.all_reduce(tf.distribute.ReduceOp.SUM, [gradients[i] for i in present])
+            gradients = list(gradients)
+            for i, g in zip(present, reduced):
+                gradients[i] = g
+        deltas = self.weight_perturbation.deltas(perturbed, gradients)
+        if statistics:
+            update_variables(statistics, saved, lambda v, value: v.assign(value))
+        update_variables(perturbed, deltas, lambda v, d: v.assign_add(d))
+        return perturbed, deltas, tf.stop_gradient(base_total)
+
+    def _update_averages(self):
+        count = keras.ops.convert_to_tensor(self._ema_updates)
+        momentum = tf.minimum(self.ema_momentum, (1.0 + count) / (10.0 + count))
+        momentum = tf.where(count > 0, momentum, 0.0)  # the first update copies the weights
+        values = [momentum * tf.cast(a, tf.float32) + (1.0 - momentum) * tf.cast(w, tf.float32)
+                  for w, a in self._ema_pairs]
+        update_variables([a for _, a in self._ema_pairs], values, lambda v, value: v.assign(value))
+        update_variables([self._ema_updates], [count + 1.0], lambda v, value: v.assign(value))
+
+    def _holds_averages(self):
+        return bool(self._ema_pairs) and float(keras.ops.convert_to_numpy(self._ema_swapped)) == 1.0
+
+    def use_averaged_weights(self, averaged: bool = True):
+        """Puts the averaged (or, with `averaged=False`, the trained) weights into the base
+        model. Without weight averaging, or before the first update, it does nothing."""
+        if not self._ema_pairs or float(keras.ops.convert_to_numpy(self._ema_updates)) == 0.0:
+            return
+        if self._holds_averages() != bool(averaged):
+            _swap(self._ema_pairs)
+            self._ema_swapped.assign(1.0 if averaged else 0.0)
+
+    @contextlib.contextmanager
+    def averaged_weights(self):
+        """Context manager: the averaged weights inside, the previous ones after (a no-op
+        without weight averaging). For callbacks that judge the model during `fit`."""
+        before = self._holds_averages()
+        self.use_averaged_weights(True)
+        try:
+            yield self
+        finally:
+            self.use_averaged_weights(before)
+
+    def fit(self, *args, **kwargs):
+        """`keras.Model.fit`; with weight averaging, trains the trained weights and leaves
+        the averaged ones in the base model when it returns (see the class docstring)."""
+        if not self._ema_pairs:
+            return super().fit(*args, **kwargs)
+        self.use_averaged_weights(False)
+        try:
+            return super().fit(*args, **kwargs)
+        finally:
+            self.use_averaged_weights(True)
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         total, task_loss, logs, y_pred = self._total_loss(x, y, sample_weight, training=False)
         self._update_trackers(x, total, task_loss, logs)
-        return self._step_logs(x, y, y_pred, sample_weight)
+        # AWP acts in training only: no val_awp_* entries.
+        return {k: v for k, v in self._step_logs(x, y, y_pred, sample_weight).items() if k not in _AWP_METRICS}
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # Keras 3 learns the batch shapes by reducing one distributed batch with
@@ -291,6 +448,9 @@ class HardenedModel(keras.Model):
                 "base_model": _serialize(self.base_model),
                 "perturbation": None if self.perturbation is None else _serialize(self.perturbation),
                 "regularizers": [_serialize(r) for r in self.regularizers],
+                "weight_perturbation": None if self.weight_perturbation is None
+                else _serialize(self.weight_perturbation),
+                "ema_momentum": self.ema_momentum,
             }
         )
         return config
@@ -302,6 +462,8 @@ class HardenedModel(keras.Model):
         if config.get("perturbation") is not None:
             config["perturbation"] = _deserialize(config["perturbation"], custom_objects)
         config["regularizers"] = [_deserialize(r, custom_objects) for r in config.get("regularizers", [])]
+        if config.get("weight_perturbation") is not None:
+            config["weight_perturbation"] = _deserialize(config["weight_perturbation"], custom_objects)
         return cls(**config)
 
 
@@ -363,4 +525,6 @@ class GFAModel(HardenedModel):
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
         config["base_model"] = _deserialize(config["base_model"], custom_objects)
+        if config.get("weight_perturbation") is not None:
+            config["weight_perturbation"] = _deserialize(config["weight_perturbation"], custom_objects)
         return cls(**config)

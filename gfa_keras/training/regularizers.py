@@ -52,6 +52,8 @@ class StepTensors:
             gradient of the summed, sample-weighted per-example losses), or None.
         model: The `HardenedModel` (its `base_model` gives logits).
         training: True in `train_step`.
+        cache: Values a regularizer may keep for the next pass over the same batch (an
+            AWP step computes the objective twice: `TradesKL` attacks only once).
     """
 
     x: object
@@ -64,6 +66,7 @@ class StepTensors:
     input_gradient: object
     model: object
     training: bool
+    cache: dict = dataclasses.field(default_factory=dict)
 
 
 class Regularizer(abc.ABC):
@@ -218,8 +221,12 @@ class TradesKL(Regularizer):
         logits_clean = step.y_pred if step.x is step.clean_x else base(step.clean_x, training=step.training)
         p_clean = tf.nn.softmax(tf.cast(logits_clean, tf.float32))
         x = tf.stop_gradient(tf.cast(step.clean_x, tf.float32))
-        x_adv = self.attack(base, x, tf.stop_gradient(p_clean), objective=_kl_per_example,
-                            start=self.attack_start(x))
+        key = f"{self.name}_x_adv"
+        x_adv = step.cache.get(key)
+        if x_adv is None:
+            x_adv = self.attack(base, x, tf.stop_gradient(p_clean), objective=_kl_per_example,
+                                start=self.attack_start(x))
+            step.cache[key] = x_adv
         logits_adv = base(x_adv, training=step.training)
         return tf.reduce_mean(_kl_per_example(p_clean, logits_adv)), {}
 

@@ -58,8 +58,19 @@ TUNERS = ("random", "bayesian", "hyperband")
 # At initialisation the DEEP penalty is about 3 (cosines near 0); beta = 1 already
 # ruins training on the digits and useful values were 1e-3..3e-2.
 DEFAULT_PENALTY_RANGE = (1e-4, 1.0)
-_WEIGHTED_METHODS = tuple(DEFAULT_PENALTY_WEIGHTS)
-_ALIGNED_METHODS = ("gfa", "gfa_pgd")
+
+
+def _weighted_methods():
+    """The registered methods with a penalty weight to tune (read when used, so that
+    methods registered later count)."""
+    return tuple(DEFAULT_PENALTY_WEIGHTS)
+
+
+def _aligned_methods():
+    """The registered methods that log the GFA alignment."""
+    return tuple(name for name, spec in METHODS.items() if spec.aligned)
+
+
 _NEEDS_ATTACK = ("robust_accuracy", "tradeoff")
 
 
@@ -160,10 +171,10 @@ class GFAHyperModel(kt.HyperModel):
                 f"objective={objective!r} needs the robust accuracy, which needs an attack bound. Expected "
                 "eps > 0 in pixel scale, e.g. eps=0.1 for Fashion-MNIST or 8/255 for CIFAR-10. Received: eps=None"
             )
-        unaligned = [m for m in self.methods if m not in _ALIGNED_METHODS]
+        unaligned = [m for m in self.methods if m not in _aligned_methods()]
         if named == "alignment" and unaligned:
             raise ValueError(
-                f"objective='alignment' needs the alignment, which only {list(_ALIGNED_METHODS)} log. "
+                f"objective='alignment' needs the alignment, which only {list(_aligned_methods())} log. "
                 f"Received: methods={list(self.methods)}"
             )
 
@@ -175,10 +186,10 @@ class GFAHyperModel(kt.HyperModel):
     def build(self, hp) -> keras.Model:
         """A fresh base model hardened with the values `hp` samples, compiled."""
         method = hp.Choice("method", list(self.methods)) if len(self.methods) > 1 else self.methods[0]
-        weighted = [m for m in self.methods if m in _WEIGHTED_METHODS]
+        weighted = [m for m in self.methods if m in _weighted_methods()]
         with _scope(hp, weighted, self.methods):
             beta = hp.Float("penalty_weight", *self.penalty_range, sampling="log") if weighted else None
-        aligned = [m for m in self.methods if m in _ALIGNED_METHODS]
+        aligned = [m for m in self.methods if m in _aligned_methods()]
         layers = self.layers[0]
         if len(self.layers) > 1 and aligned:
             with _scope(hp, aligned, self.methods):
@@ -226,8 +237,8 @@ class GFAHyperModel(kt.HyperModel):
         Builds the model for each `layers` value too, so that a bad one fails here.
         """
         x_val, y_val = _validation_arrays(validation_data)
-        beta = self.penalty_range[0] if method in _WEIGHTED_METHODS else None
-        for layers in self.layers[1:] if method in _ALIGNED_METHODS else ():
+        beta = self.penalty_range[0] if method in _weighted_methods() else None
+        for layers in self.layers[1:] if method in _aligned_methods() else ():
             self.build_model(method, beta, layers)
         model = self.build_model(method, beta, self.layers[0])
         n = min(len(x_val), batch_size)
@@ -235,7 +246,7 @@ class GFAHyperModel(kt.HyperModel):
         keys += [f"val_{k}" for k in keys] + ["val_clean_accuracy"]
         if self.eps is not None:
             keys += ["val_robust_accuracy", "val_tradeoff"]
-        if method in _ALIGNED_METHODS:
+        if method in _aligned_methods():
             keys.append("val_alignment_gap")
         return sorted(set(keys))
 

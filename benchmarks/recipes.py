@@ -1,0 +1,333 @@
+"""Training recipes against the library's PGD-7 adversarial training (issue 13).
+
+Every recipe trains the same small CNN (`gfa_keras.architectures`, "small_cnn") with the
+same optimizer, batch, data and seed, and is evaluated the same way: clean accuracy and
+the AutoAttack-standard cascade with the FULL budget (APGD-CE, APGD-T, FAB-T 100 steps
+each, Square 5,000 queries) as a per-example worst case on 1,000 class-balanced test
+points, with the gradient-masking checks.
+
+Everything resumes after a kill and writes under a runs directory outside the repository
+(default /work/runs/recipes), one directory per (data set, recipe, seed):
+
+    <runs>/<dataset>/<recipe>/seed<k>/
+        model.keras        the model after the last finished epoch (optimizer state included)
+        best.keras         the epoch with the best held-out robust accuracy so far
+        progress.json      settings, per-epoch wall seconds, logs, held-out clean/robust accuracy
+        eval_last.state.json / eval_best.state.json   evaluate_robustness's per-batch state
+        eval_last.json / eval_best.json               the finished RobustnessReports
+    <runs>/<dataset>/cost.json   interleaved step times of every recipe (`cost` command)
+
+Commands (one per table; rerunning any of them resumes where it stopped):
+
+    python benchmarks/recipes.py run --dataset fashion_mnist --recipes pgd trades pgd_awp --seeds 0
+    python benchmarks/recipes.py cost --dataset fashion_mnist
+    python benchmarks/recipes.py table --dataset fashion_mnist
+
+`run` trains each (recipe, seed) for `--epochs` and evaluates it; `train` and `evaluate`
+do one half. Rows ending in "+es" are the same run's best held-out epoch (robust early
+stopping, Rice et al. 2020): the model `harden(..., early_stopping=...)`-style selection
+returns. Its held-out evaluation (APGD-CE, 10 steps, on the validation points) runs after
+every epoch of every recipe and is timed apart from training.
+
+Wall time: every epoch's seconds are recorded; the table gives the median epoch time as a
+ratio to the PGD-7 reference's median on the same data set (the runs share one machine
+session), and `cost` measures the per-step ratio with all recipes interleaved in one process
+(machine noise hits every recipe alike), which is the fairer ratio on a loaded machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from gfa_keras import evaluate_robustness, harden  # noqa: E402
+from gfa_keras.architectures import build_architecture  # noqa: E402
+from gfa_keras.data import load_dataset  # noqa: E402
+from gfa_keras.evaluation.report import RobustnessReport  # noqa: E402
+
+__all__ = ["RECIPES", "SETTINGS", "main"]
+
+SETTINGS = {
+    "fashion_mnist": dict(eps=0.1, train_size=None, epochs=15),
+    "cifar10_jpeg": dict(eps=8 / 255, train_size=20000, epochs=15),
+}
+VALIDATION_SIZE = 1000  # held out of the training images, for early stopping only
+TEST_POINTS = 1000
+BATCH_SIZE = 128
+LEARNING_RATE = 1e-3
+AUTOATTACK_STEPS = {"apgd_ce": 100, "apgd_t": 100, "fab_t": 100, "square": 5000}
+HELD_OUT_STEPS = 10
+
+# recipe -> harden() keyword arguments (eps is added per data set) and the number of
+# forward+backward passes per training step (the attack's steps plus the update's own
+# pass; AWP adds one for the weight ascent; TRADES also runs one extra clean forward).
+RECIPES = {
+    "pgd": dict(harden=dict(method="pgd", steps=7), passes="8"),
+    "pgd_ema": dict(harden=dict(method="pgd", steps=7, ema_momentum=0.999), passes="8"),
+    "trades": dict(harden=dict(method="trades"), passes="11 + 1 forward"),
+    "trades_ema": dict(harden=dict(method="trades", ema_momentum=0.999), passes="11 + 1 forward"),
+    "pgd_awp": dict(harden=dict(method="pgd", steps=7, awp_gamma=5e-3), passes="9"),
+    "pgd_awp_ema": dict(harden=dict(method="pgd", steps=7, awp_gamma=5e-3, ema_momentum=0.999), passes="9"),
+    "trades_awp": dict(harden=dict(method="trades", awp_gamma=5e-3), passes="12 + 2 forward"),
+    "trades_awp_ema": dict(harden=dict(method="trades", awp_gamma=5e-3, ema_momentum=0.999),
+                           passes="12 + 2 forward"),
+    "pgd5_awp_ema": dict(harden=dict(method="pgd", steps=5, awp_gamma=5e-3, ema_momentum=0.999), passes="7"),
+    "recommended": dict(harden=dict(method="recommended"), passes="see the registry"),
+}
+REFERENCE = "pgd"
+
+
+def load_splits(dataset: str, train_size: int | None):
+    """Train (a seeded shuffle minus the validation points, optionally cut to `train_size`),
+    validation (the last `VALIDATION_SIZE` of the shuffle) and test (all)."""
+    data = load_dataset(dataset)
+    x, y = data.train
+    order = np.random.default_rng(0).permutation(len(x))
+    val, train = order[-VALIDATION_SIZE:], order[:-VALIDATION_SIZE]
+    if train_size:
+        train = train[:train_size]
+    return (x[train], y[train]), (x[val], y[val]), data.test, data.num_classes
+
+
+def balanced_subset(x, y, size, num_classes):
+    """The first `size // num_classes` points of each class, in file order."""
+    keep = np.sort(np.concatenate([np.flatnonzero(y == c)[:size // num_classes] for c in range(num_classes)]))
+    return x[keep], y[keep]
+
+
+def make_model(recipe, dataset, input_shape, num_classes, seed):
+    options = dict(RECIPES[recipe]["harden"], eps=SETTINGS[dataset]["eps"])
+    base = build_architecture("small_cnn", input_shape, num_classes, seed=seed)
+    model = harden(base, **options)
+    model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    return model, options
+
+
+def run_dir(runs, dataset, recipe, seed) -> Path:
+    path = Path(runs) / dataset / recipe / f"seed{seed}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def read_json(path: Path, default=None):
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+def write_json(path: Path, value):
+    """Through a temporary file, so that a kill never leaves half a file."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    tmp.replace(path)
+
+
+def save_model(model, path: Path):
+    tmp = path.with_name(path.stem + ".tmp.keras")
+    model.save(tmp)
+    tmp.replace(path)
+
+
+def held_out(model, x_val, y_val, eps):
+    """Clean and APGD-CE (10 steps) accuracy on the validation points, and the seconds taken."""
+    start = time.perf_counter()
+    report = evaluate_robustness(model, (x_val, y_val), ["apgd_ce"], eps=[eps], steps=HELD_OUT_STEPS,
+                                 checks=False, verbose=0, batch_size=500)
+    return report.clean_accuracy, report.worst_case_accuracy[0], time.perf_counter() - start
+
+
+def train(args, recipe, seed):
+    """Trains one (recipe, seed) epoch by epoch; a checkpoint after each epoch."""
+    directory = run_dir(args.runs, args.dataset, recipe, seed)
+    settings = SETTINGS[args.dataset]
+    (x, y), (x_val, y_val), _, num_classes = load_splits(args.dataset, args.train_size or settings["train_size"])
+    progress = read_json(directory / "progress.json")
+    if progress and progress["epochs_done"] > 0:
+        model = keras.models.load_model(directory / "model.keras")
+    else:
+        model, options = make_model(recipe, args.dataset, x.shape[1:], num_classes, seed)
+        progress = dict(recipe=recipe, seed=seed, harden=options, passes=RECIPES[recipe]["passes"],
+                        train_size=len(x), validation_size=len(x_val), batch_size=BATCH_SIZE,
+                        optimizer=f"Adam({LEARNING_RATE})", epochs_done=0, epoch_seconds=[],
+                        epoch_finished_at=[], held_out_seconds=[], history=[], held_out=[],
+                        best_epoch=None, command=" ".join(sys.argv))
+    for epoch in range(progress["epochs_done"], args.epochs):
+        keras.utils.set_random_seed(1000 * seed + epoch)  # the same shuffles whether resumed or not
+        start = time.perf_counter()
+        history = model.fit(x, y, batch_size=BATCH_SIZE, epochs=1, verbose=2 if args.verbose else 0)
+        seconds = time.perf_counter() - start
+        clean, robust, held_seconds = held_out(model, x_val, y_val, settings["eps"])
+        progress["epoch_seconds"].append(seconds)
+        progress["epoch_finished_at"].append(time.strftime("%Y-%m-%d %H:%M:%S"))
+        progress["held_out_seconds"].append(held_seconds)
+        progress["history"].append({k: float(v[-1]) for k, v in history.history.items()})
+        progress["held_out"].append(dict(clean=clean, apgd_ce=robust))
+        best = progress["best_epoch"]
+        if best is None or robust > progress["held_out"][best - 1]["apgd_ce"]:
+            save_model(model, directory / "best.keras")
+            progress["best_epoch"] = epoch + 1
+        save_model(model, directory / "model.keras")
+        progress["epochs_done"] = epoch + 1
+        write_json(directory / "progress.json", progress)
+        print(f"[{args.dataset} {recipe} seed{seed}] epoch {epoch + 1}/{args.epochs}: {seconds:.0f}s train, "
+              f"{held_seconds:.0f}s held-out; held-out clean {clean:.3f} APGD-CE-10 {robust:.3f}; "
+              f"{progress['history'][-1]}", flush=True)
+    return progress
+
+
+def evaluate(args, recipe, seed, which):
+    """The full AutoAttack cascade on the test points for the last ("last") or best
+    held-out ("best") epoch's model; resumes per batch."""
+    directory = run_dir(args.runs, args.dataset, recipe, seed)
+    out = directory / f"eval_{which}.json"
+    progress = read_json(directory / "progress.json")
+    epoch = progress["epochs_done"] if which == "last" else progress["best_epoch"]
+    if out.exists():
+        report = RobustnessReport.from_json(out)
+        if report.settings.get("model_epoch") == epoch:
+            return report
+    _, _, (x, y), num_classes = load_splits(args.dataset, None)
+    x, y = balanced_subset(x, y, args.test_points, num_classes)
+    model = keras.models.load_model(directory / ("model.keras" if which == "last" else "best.keras"))
+    start = time.perf_counter()
+    state = directory / f"eval_{which}_epoch{epoch}.state.json"
+    report = evaluate_robustness(model, (x, y), "autoattack", eps=[SETTINGS[args.dataset]["eps"]],
+                                 steps=dict(AUTOATTACK_STEPS), checks=True, batch_size=args.eval_batch_size,
+                                 state_path=state, verbose=1 if args.verbose else 0)
+    report.settings.update(wall_seconds=time.perf_counter() - start, command=" ".join(sys.argv),
+                           points=f"{len(y)} test points: the first {len(y) // num_classes} of each class",
+                           model_epoch=epoch)
+    report.to_json(out)
+    print(f"[{args.dataset} {recipe} seed{seed} {which}] {report.summary()}", flush=True)
+    return report
+
+
+def evaluate_both(args, recipe, seed):
+    """The last epoch's model and, when it is a different epoch, the best held-out one."""
+    evaluate(args, recipe, seed, "last")
+    progress = read_json(run_dir(args.runs, args.dataset, recipe, seed) / "progress.json")
+    if progress["best_epoch"] != progress["epochs_done"]:
+        evaluate(args, recipe, seed, "best")
+
+
+def cmd_run(args):
+    for seed in args.seeds:
+        for recipe in args.recipes:
+            train(args, recipe, seed)
+            if not args.no_eval:
+                evaluate_both(args, recipe, seed)
+
+
+def cmd_train(args):
+    for seed in args.seeds:
+        for recipe in args.recipes:
+            train(args, recipe, seed)
+
+
+def cmd_evaluate(args):
+    for seed in args.seeds:
+        for recipe in args.recipes:
+            evaluate_both(args, recipe, seed)
+
+
+def cmd_cost(args):
+    """Median train-step seconds of every recipe, interleaved in one process, as ratios to PGD-7."""
+    (x, y), _, _, num_classes = load_splits(args.dataset, 4 * BATCH_SIZE)
+    recipes = [REFERENCE] + [r for r in args.recipes if r != REFERENCE]
+    models = {r: make_model(r, args.dataset, x.shape[1:], num_classes, 0)[0] for r in recipes}
+    batches = [(x[i:i + BATCH_SIZE], y[i:i + BATCH_SIZE]) for i in range(0, len(x), BATCH_SIZE)]
+    for model in models.values():
+        for xb, yb in batches[:2]:
+            model.train_on_batch(xb, yb)
+    times = {r: [] for r in recipes}
+    for round_ in range(args.rounds):
+        xb, yb = batches[round_ % len(batches)]
+        for r, model in models.items():
+            start = time.perf_counter()
+            model.train_on_batch(xb, yb)
+            times[r].append(time.perf_counter() - start)
+    medians = {r: statistics.median(t) for r, t in times.items()}
+    result = dict(rounds=args.rounds, batch_size=BATCH_SIZE, command=" ".join(sys.argv),
+                  date=time.strftime("%Y-%m-%d %H:%M:%S"),
+                  median_seconds=medians, ratio_to_pgd={r: m / medians[REFERENCE] for r, m in medians.items()})
+    write_json(Path(args.runs) / args.dataset / "cost.json", result)
+    for r, m in medians.items():
+        print(f"{r:<18}{1000 * m:8.1f} ms/step {m / medians[REFERENCE]:6.2f}x PGD-7")
+
+
+def _fmt(value, digits=3):
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def cmd_table(args):
+    root = Path(args.runs) / args.dataset
+    cost = read_json(root / "cost.json", {})
+    reference = {}
+    for progress_path in sorted(root.glob(f"{REFERENCE}/seed*/progress.json")):
+        reference[progress_path.parent.name] = statistics.median(read_json(progress_path)["epoch_seconds"])
+    reference_epoch = statistics.median(reference.values()) if reference else None
+    head = ("| recipe | seed | epochs | passes/step | step time / PGD-7 (interleaved) | epoch time / PGD-7 | "
+            "clean | AA worst case | + apgd_ce | + apgd_t | + fab_t | + square | flags | held-out APGD-CE-10 |")
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
+    order = {name: i for i, name in enumerate(RECIPES)}
+    for progress_path in sorted(root.glob("*/seed*/progress.json"),
+                                key=lambda p: (order.get(p.parent.parent.name, 99), p.parent.name)):
+        directory = progress_path.parent
+        progress = read_json(progress_path)
+        recipe, seed = progress["recipe"], progress["seed"]
+        epoch = statistics.median(progress["epoch_seconds"])
+        for which, label in (("last", recipe), ("best", recipe + "+es")):
+            report = RobustnessReport.from_json(directory / f"eval_{which}.json") \
+                if (directory / f"eval_{which}.json").exists() else None
+            if which == "best" and report is None and progress["best_epoch"] != progress["epochs_done"]:
+                continue
+            if which == "best" and report is None:
+                continue  # the best epoch is the last: same row
+            epochs = progress["epochs_done"] if which == "last" else progress["best_epoch"]
+            held = progress["held_out"][epochs - 1]["apgd_ce"]
+            cascade = [report.robust_accuracy[a][0] for a in report.attacks] if report else [None] * 4
+            fired = ", ".join(f"{f['check']} ({f['status']})" for f in report.flags if f["status"] != "ok") \
+                if report else "-"
+            rows.append("| " + " | ".join([
+                label, str(seed), f"{epochs}" + ("" if which == "last" else f" of {progress['epochs_done']}"),
+                progress["passes"],
+                _fmt(cost.get("ratio_to_pgd", {}).get(recipe), 2),
+                _fmt(epoch / reference_epoch if reference_epoch else None, 2),
+                _fmt(report.clean_accuracy if report else None),
+                _fmt(report.worst_case_accuracy[0] if report else None),
+                *(_fmt(c) for c in cascade), (fired or "none") if report else "-", _fmt(held),
+            ]) + " |")
+    print("\n".join(rows))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["run", "train", "evaluate", "cost", "table"])
+    parser.add_argument("--dataset", default="fashion_mnist", choices=sorted(SETTINGS))
+    parser.add_argument("--recipes", nargs="+", default=[REFERENCE], choices=list(RECIPES))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--epochs", type=int, default=None, help="default: 15")
+    parser.add_argument("--train-size", type=int, default=None,
+                        help="default: all training images but the validation ones (CIFAR-10: 20,000)")
+    parser.add_argument("--test-points", type=int, default=TEST_POINTS)
+    parser.add_argument("--eval-batch-size", type=int, default=250)
+    parser.add_argument("--rounds", type=int, default=20, help="cost: interleaved rounds")
+    parser.add_argument("--no-eval", action="store_true", help="run: train only")
+    parser.add_argument("--runs", default="/work/runs/recipes")
+    parser.add_argument("--verbose", type=int, default=1)
+    args = parser.parse_args(argv)
+    args.epochs = args.epochs or SETTINGS[args.dataset]["epochs"]
+    {"run": cmd_run, "train": cmd_train, "evaluate": cmd_evaluate, "cost": cmd_cost, "table": cmd_table}[
+        args.command](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Adversarial weight perturbation (AWP): one step against a NumPy computation on a linear
+model, on clean and on adversarial points; TRADES attacks once per step; batch-norm
+statistics move once; saving, loading and bad input."""
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from gfa_keras import PGD, AdversarialWeightPerturbation, HardenedModel, TradesKL, harden
+
+RNG = np.random.default_rng(3)
+X = RNG.uniform(0.05, 0.95, size=(12, 2, 3)).astype("float32")
+Y = RNG.integers(0, 4, size=12).astype("int32")
+LR, GAMMA, EPS = 0.1, 0.05, 0.1
+
+
+def linear_model(seed=0):
+    return keras.Sequential(
+        [
+            keras.Input((2, 3)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(4, name="logits",
+                               kernel_initializer=keras.initializers.RandomNormal(stddev=1.0, seed=seed),
+                               bias_initializer=keras.initializers.RandomNormal(stddev=0.5, seed=seed + 1)),
+        ],
+        name="linear",
+    )
+
+
+def compiled(model):
+    model.compile(optimizer=keras.optimizers.SGD(LR), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def softmax(z):
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def loss_and_gradients(w, b, x, y):
+    """Mean cross-entropy of a linear model and its gradients for the kernel, bias and input."""
+    p = softmax(x @ w + b)
+    residual = p.copy()
+    residual[np.arange(len(y)), y] -= 1.0
+    loss = -np.mean(np.log(p[np.arange(len(y)), y]))
+    return loss, x.T @ residual / len(y), residual.mean(0), residual @ w.T
+
+
+def expected_awp_step(w, b, x, y):
+    """Wu et al.'s step by hand: the kernel moved by gamma ||w|| g / ||g||, the gradient
+    at the moved weights, an SGD step, the move taken away."""
+    base_loss, gw, _, _ = loss_and_gradients(w, b, x, y)
+    delta = GAMMA * np.linalg.norm(w) * gw / np.linalg.norm(gw)
+    loss, gw2, gb2, _ = loss_and_gradients(w + delta, b, x, y)
+    return w - LR * gw2, b - LR * gb2, np.linalg.norm(delta), loss - base_loss, loss
+
+
+def test_one_awp_step_on_clean_points_matches_the_hand_computed_update():
+    model = compiled(HardenedModel(linear_model(), weight_perturbation=AdversarialWeightPerturbation(GAMMA)))
+    w, b = (v.numpy() for v in model.base_model.get_layer("logits").weights)
+    history = model.fit(X, Y, batch_size=len(X), epochs=1, shuffle=False, verbose=0)
+    w_new, b_new, norm, gain, loss = expected_awp_step(w, b, X.reshape(len(X), -1), Y)
+    kernel, bias = (v.numpy() for v in model.base_model.get_layer("logits").weights)
+    np.testing.assert_allclose(kernel, w_new, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bias, b_new, rtol=1e-5, atol=1e-6)  # biases are not perturbed
+    assert history.history["awp_norm"][0] == pytest.approx(norm, rel=1e-5)
+    assert history.history["awp_norm"][0] == pytest.approx(GAMMA * np.linalg.norm(w), rel=1e-5)
+    assert history.history["awp_loss_gain"][0] == pytest.approx(gain, rel=1e-4)
+    assert gain > 0  # the ascent step raises the loss
+    assert history.history["task_loss"][0] == pytest.approx(loss, rel=1e-5)  # the loss at the moved weights
+
+
+def test_awp_is_computed_on_the_adversarial_examples():
+    attack = PGD(EPS, step_size=EPS, steps=1, random_start=False)
+    model = compiled(HardenedModel(linear_model(), perturbation=attack,
+                                   weight_perturbation=AdversarialWeightPerturbation(GAMMA)))
+    w, b = (v.numpy() for v in model.base_model.get_layer("logits").weights)
+    model.fit(X, Y, batch_size=len(X), epochs=1, shuffle=False, verbose=0)
+    x = X.reshape(len(X), -1)
+    _, _, _, gx = loss_and_gradients(w, b, x, Y)  # one signed step from x: the PGD point
+    x_adv = np.clip(x + EPS * np.sign(gx), 0.0, 1.0)
+    w_new, b_new, _, _, _ = expected_awp_step(w, b, x_adv, Y)
+    kernel, bias = (v.numpy() for v in model.base_model.get_layer("logits").weights)
+    np.testing.assert_allclose(kernel, w_new, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bias, b_new, rtol=1e-5, atol=1e-6)
+    # ... and not on the clean points, which would give another update.
+    w_clean, _, _, _, _ = expected_awp_step(w, b, x, Y)
+    assert np.abs(w_clean - w_new).max() > 1e-3
+
+
+def test_trades_with_awp_attacks_once_per_step(monkeypatch):
+    calls = []
+    trades = TradesKL(6.0, EPS, steps=2)
+    original = type(trades.attack).__call__
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(trades.attack), "__call__", counting)
+    model = HardenedModel(linear_model(), regularizers=[trades], weight_perturbation=AdversarialWeightPerturbation())
+    model.compile(optimizer=keras.optimizers.SGD(LR), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  run_eagerly=True)
+    history = model.fit(X, Y, batch_size=6, epochs=1, verbose=0)
+    assert len(calls) == 2  # two steps, one KL attack each (not two)
+    assert history.history["awp_loss_gain"][0] > 0
+
+
+def test_awp_leaves_batch_norm_statistics_moved_once():
+    def model_with_input_batch_norm():
+        keras.utils.set_random_seed(1)
+        return keras.Sequential([keras.Input((2, 3)), keras.layers.BatchNormalization(name="bn"),
+                                 keras.layers.Flatten(), keras.layers.Dense(4)])
+
+    plain = compiled(HardenedModel(model_with_input_batch_norm()))
+    awp = compiled(HardenedModel(model_with_input_batch_norm(), weight_perturbation=AdversarialWeightPerturbation()))
+    for model in (plain, awp):
+        model.fit(X, Y, batch_size=6, epochs=1, shuffle=False, verbose=0)
+    # The batch norm sees the inputs only: with one update per step both agree; a second
+    # update in the ascent pass would have moved AWP's further.
+    for a, b in zip(plain.base_model.get_layer("bn").non_trainable_weights,
+                    awp.base_model.get_layer("bn").non_trainable_weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+    assert np.abs(awp.base_model.get_layer("bn").moving_mean.numpy()).max() > 1e-3
+
+
+def test_awp_saves_loads_and_resumes(tmp_path):
+    model = compiled(harden(linear_model(), method="trades", eps=EPS, steps=2, awp_gamma=0.01))
+    model.fit(X, Y, batch_size=6, epochs=1, verbose=0)
+    model.save(tmp_path / "awp.keras")
+    loaded = keras.models.load_model(tmp_path / "awp.keras")
+    assert loaded.weight_perturbation.get_config() == {"gamma": 0.01}
+    np.testing.assert_allclose(loaded.predict(X, verbose=0), model.predict(X, verbose=0), atol=1e-6)
+    history = loaded.fit(X, Y, batch_size=6, epochs=1, verbose=0)
+    assert math.isfinite(history.history["awp_norm"][0]) and history.history["awp_norm"][0] > 0
+
+
+@pytest.mark.parametrize("gamma", [0, -0.01, float("nan"), float("inf"), "0.01", True])
+def test_bad_gamma_is_rejected_naming_it(gamma):
+    with pytest.raises(ValueError, match=r"gamma must be a finite number > 0\. Received: gamma="):
+        AdversarialWeightPerturbation(gamma)
+    with pytest.raises(ValueError, match=r"awp_gamma must be a finite number > 0\. Received: awp_gamma="):
+        harden(linear_model(), method="pgd", eps=EPS, awp_gamma=gamma)
+
+
+def test_weight_perturbation_must_be_an_awp_object():
+    with pytest.raises(ValueError, match=r"AdversarialWeightPerturbation\. Received: weight_perturbation=0\.005"):
+        HardenedModel(linear_model(), weight_perturbation=0.005)
