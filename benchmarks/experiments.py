@@ -246,8 +246,9 @@ def evaluate(args):
         "minnorm": dict(attacks=["apgd_ce"], eps=[SETTINGS[args.dataset]["l2_eps"]], norm="l2", checks=False,
                         steps={"apgd_ce": args.apgd_steps, "deepfool": 50, "ead": args.ead_steps},
                         minimum_norm_attacks=("deepfool", "ead")),
+        # Several eps: the accuracy-falls-with-eps check has something to compare here.
         "sweep": dict(attacks=["apgd_ce"], eps=list(SETTINGS[args.dataset]["sweep"]), steps=args.apgd_steps,
-                      checks=False),
+                      checks=["accuracy_decreases_with_eps", "accuracy_at_large_eps", "zero_gradients"]),
     }
     for name in args.stages:
         out = directory / f"eval_{name}.json"

@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from gfa_keras.attacks import ATTACKS, AttackSpec
-from gfa_keras.evaluation.cascade import PRESETS, evaluate_robustness
+from gfa_keras.evaluation.cascade import PRESETS, evaluate_robustness, norm_slack
 
 N_POINTS = 100
 
@@ -270,8 +270,9 @@ def test_bad_data_raises_before_any_attack(trained_digits_model, data, make_data
 
 def test_autoattack_preset_runs_the_registered_attacks(trained_digits_model, data):
     x, y = data
-    report = evaluate_robustness(trained_digits_model, (x[:60], y[:60]), "autoattack", [0.05, 0.1], steps=5,
-                                 batch_size=30, verbose=0)
+    report = evaluate_robustness(trained_digits_model, (x[:60], y[:60]), "autoattack", [0.05, 0.1],
+                                 steps={"apgd_ce": 5, "apgd_t": 5, "fab_t": 5, "square": 200}, batch_size=30,
+                                 verbose=0)
     assert report.attacks == list(PRESETS["autoattack"])
     for i in range(2):
         curve = [report.clean_accuracy] + [report.robust_accuracy[a][i] for a in report.attacks]
@@ -332,3 +333,27 @@ def test_each_attack_gets_exactly_its_own_options_and_the_report_records_them(tr
 def test_steps_for_an_attack_without_a_steps_option_is_an_error(trained_digits_model, data):
     with pytest.raises(ValueError, match="steps names 'noise_a', which takes no steps option"):
         evaluate_robustness(trained_digits_model, data, [NOISE_A], 0.1, steps={"noise_a": 5}, verbose=0)
+
+
+def test_the_norm_slack_is_relative_to_eps_and_the_image_size():
+    # L2 eps=10 on a 32x32x3 image: float32 rounding of the norm is ~1e-5, above the old absolute 1e-6.
+    assert norm_slack(10.0, "l2", 3072, 0.0, 1.0) == pytest.approx(1e-4 + 4 * np.finfo(np.float32).eps * 3072 ** 0.5)
+    assert norm_slack(8 / 255, "linf", 3072, 0.0, 1.0) == pytest.approx(1e-5 * 8 / 255 + 4 * np.finfo(np.float32).eps)
+    assert norm_slack(2.0, "linf", 10, 0.0, 255.0) > norm_slack(2.0, "linf", 10, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("overshoot, credited", [(3e-6, True), (1e-3, False)])
+def test_a_perturbation_at_eps_up_to_rounding_is_credited(overshoot, credited):
+    def brightness_classifier(x):
+        # Class 1 when the mean pixel is above 0.5: a uniform push of L2 size 10 flips it.
+        mean = tf.reduce_mean(tf.reshape(x, [tf.shape(x)[0], -1]), axis=1)
+        return tf.stack([0.5 - mean, mean - 0.5], axis=1) * 100.0
+
+    def uniform_push(model, x, y, *, eps, norm="l2", clip_min=0.0, clip_max=1.0, seed=0):
+        return x + np.float32(eps * (1 + overshoot) / np.sqrt(np.prod(x.shape[1:])))
+
+    x = np.full((4, 32, 32, 3), 0.45, "float32")
+    report = evaluate_robustness(brightness_classifier, (x, np.zeros(4, "int32")), [spec("push", uniform_push)], 10.0,
+                                 norm="l2", checks=False, verbose=0)
+    assert report.clean_accuracy == 1.0
+    assert report.worst_case_accuracy[0] == (0.0 if credited else 1.0)

@@ -86,12 +86,14 @@ def test_tables_are_one_source_for_markdown_and_the_dict_form():
     captions = [caption for caption, _, _ in tables]
     assert captions == ["Robust accuracy (cumulative cascade, all points)",
                         "Per attack: accuracy on the points still robust before it",
+                        "Budgets: each attack's options as run",
                         "Minimum-norm attacks (linf)", "Gradient-masking checks", "Settings"]
+    assert tables[2][2] == [["AutoAttack standard version", "not recorded"], ["points evaluated", "4"]]
     markdown = report.to_markdown()
     for caption, header, rows in tables:
         assert "\n".join(markdown_table(header, rows)) in markdown
     # The failed deepfool run (inf) keeps the median's text after the JSON round trip.
-    assert tables[2][2][0][1] == "0.1375"
+    assert tables[3][2][0][1] == "0.1375"
 
 
 def test_number_formatting_and_json_cleaning():
@@ -100,3 +102,19 @@ def test_number_formatting_and_json_cleaning():
     assert json_ready({"a": np.float32(0.5), "b": [np.inf, np.int64(2)], "c": np.arange(2)}) == \
         {"a": 0.5, "b": [None, 2], "c": [0, 1]}
     assert markdown_table(["a|b"], [["x"]]) == ["| a\\|b |", "|---|", "| x |"]
+
+
+def test_budgets_and_standardness_are_in_every_rendering():
+    report = make_report()
+    report.settings["budgets"] = {"apgd_ce": {"steps": 100, "restarts": 1}, "square": {"steps": 1000, "p_init": 0.8}}
+    report.standard, report.standard_reasons = False, ["attacks apgd_ce, square instead of apgd_ce, apgd_t, "
+                                                       "fab_t, square", "square: 1000 queries < 5000"]
+    markdown = report.to_markdown()
+    assert "| apgd_ce | steps=100, restarts=1 |" in markdown and "| square | steps=1000, p_init=0.8 |" in markdown
+    assert "| AutoAttack standard version | no: attacks apgd_ce, square instead of" in markdown
+    assert "| budgets |" not in markdown  # shown once, in its own table
+    assert "not the AutoAttack standard version (attacks apgd_ce" in report.summary()
+    again = RobustnessReport.from_json(report.to_json())
+    assert again.standard is False and again.standard_reasons == report.standard_reasons
+    report.standard, report.standard_reasons = True, []
+    assert "; AutoAttack standard version;" in report.summary()

@@ -22,7 +22,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--remote-debugging-port=0", "--remote-allow-origins=*"]
 
 
-def make_report(clean, worst, eps=(0.05, 0.1), with_norms=False, flags=()):
+def make_report(clean, worst, eps=(0.05, 0.1), with_norms=False, flags=(), standard=False):
     minimum_norm = {}
     if with_norms:
         minimum_norm = {"deepfool": {"median": 0.1, "mean": 0.12, "success_rate": 0.75,
@@ -33,6 +33,7 @@ def make_report(clean, worst, eps=(0.05, 0.1), with_norms=False, flags=()):
         attack_accuracy={"apgd_ce": [0.5] * len(eps), "square": [0.9] * len(eps)},
         worst_case_accuracy=list(worst), broken_by=[[None, "clean", "apgd_ce", None] for _ in eps],
         minimum_norm=minimum_norm, settings={"num_points": 4, "model_name": "m"}, flags=list(flags),
+        standard=standard, standard_reasons=[] if standard else ["square: 1000 queries < 5000"],
     )
 
 
@@ -49,7 +50,8 @@ TUNING = {"objective": "val_tradeoff", "best_hyperparameters": {"penalty_weight"
 def full_report(directory):
     """Two models (one with every section) and tuning results: every plot kind."""
     flag = {"check": "iterative_beats_single_step", "status": "warn", "reason": "a <b>weaker</b> attack won"}
-    report_directory.add_to_report(directory, "plain", robustness=make_report(0.9, [0.5, 0.25]), title="Digits <demo>")
+    report_directory.add_to_report(directory, "plain", robustness=make_report(0.9, [0.5, 0.25], standard=True),
+                                   title="Digits <demo>")
     report_directory.add_to_report(directory, "gfa & co", robustness=make_report(0.85, [0.6, 0.35], with_norms=True,
                                                                             flags=[flag]),
                               history=HISTORY, landscape=LANDSCAPE, training={"method": "gfa", "beta": 0.01})
@@ -103,15 +105,18 @@ def test_render_writes_markdown_tables_and_one_self_contained_page(tmp_path):
     assert pngs == ["alignment_gfa_co.png", "loss_landscape.png", "minimum_norms.png", "robust_accuracy.png",
                     "tuning.png"]
     markdown = paths["markdown"].read_text()
-    assert "| plain | 90.00% | 50.00% | 25.00% | apgd_ce, square | none |" in markdown
-    assert "| gfa & co | 85.00% | 60.00% | 35.00% | apgd_ce, square | iterative_beats_single_step (warn) |" \
+    assert "| plain | 90.00% | 50.00% | 25.00% | apgd_ce, square | AutoAttack standard version | 4 | none |" \
         in markdown
+    assert ("| gfa & co | 85.00% | 60.00% | 35.00% | apgd_ce, square | not the AutoAttack standard version "
+            "(square: 1000 queries < 5000) | 4 | iterative_beats_single_step (warn) |") in markdown
     assert "| 0.1 | 40.00% | 35.00% | 35.00% |" in markdown  # gfa's cascade: apgd_ce, then square, worst case
     # The per-attack table, from the same table data as RobustnessReport.to_markdown, in both pages.
     assert "| apgd_ce | 0.1 | 3 | 1 | 50.00% |" in markdown
     assert all(f"]({name})" in markdown for name in pngs)
     assert "| 1 | FAILED | 0.9 | n/a | n/a | n/a |" in markdown and "tuner/epochs" not in markdown
     page = paths["html"].read_text()
+    assert "<td>AutoAttack standard version</td><td>no: square: 1000 queries &lt; 5000</td>" in page
+    assert "<td>AutoAttack standard version</td><td>yes</td>" in page
     assert page.count('<img src="data:image/png;base64,') == len(pngs)
     assert "src=\"http" not in page and "<script" not in page
     assert "<td>apgd_ce</td><td>0.1</td><td>3</td><td>1</td><td>50.00%</td>" in page

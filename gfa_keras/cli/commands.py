@@ -445,6 +445,8 @@ def _evaluate_into_report(model, name, data, args, *, attacks, eps, norm, seed):
         checks=not args.no_checks, state_path=state, verbose=args.verbose)
     report.settings["model_name"] = name
     report.settings["dataset"] = data.name
+    # Which budget ran, even when silent: a reduced run must not pass for the standard version.
+    print(f"{name}: {report.budget_summary()}, {report.settings['num_points']} points")
     landscape = None
     if args.landscape_points:
         # An all-black image has no radial direction: take the first points that are not.

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from gfa_keras.attacks import ATTACKS, NORMS, perturbation_norms, validate_attack_inputs
 from gfa_keras.evaluation import masking_checks
-from gfa_keras.evaluation.presets import PRESETS, attack_budgets, resolve_attacks
+from gfa_keras.evaluation.presets import PRESETS, attack_budgets, resolve_attacks, standard_reasons
 from gfa_keras.evaluation.progress import progress_bar
 from gfa_keras.evaluation.report import RobustnessReport, build_report, norm_statistics
 from gfa_keras.evaluation.state import EvaluationState, data_digest, model_digest
@@ -28,8 +28,18 @@ __all__ = ["PRESETS", "evaluate_robustness"]
 
 # Points used by the checks that need extra forward passes or attack runs.
 CHECK_SAMPLE_SIZE = 100
-# Slack on the norm bound for float32 rounding in the attacks' projections.
-NORM_SLACK = 1e-6
+# Slack on the norm bound for float32 rounding in the attacks' projections: relative to
+# eps, plus a few float32 units of the largest pixel value per coordinate (summed over
+# the coordinates in quadrature for L2), so a large L2 ball on a large image, or a box
+# other than [0, 1], gets a slack of the size of its rounding error.
+NORM_RELATIVE_SLACK = 1e-5
+_FLOAT32_UNITS = 4 * float(np.finfo(np.float32).eps)
+
+
+def norm_slack(eps: float, norm: str, input_size: int, clip_min: float, clip_max: float) -> float:
+    """How far past `eps` a perturbation may measure and still count as inside the ball."""
+    per_coordinate = _FLOAT32_UNITS * max(abs(clip_min), abs(clip_max), 1.0)
+    return NORM_RELATIVE_SLACK * eps + per_coordinate * (math.sqrt(input_size) if norm == "l2" else 1.0)
 
 
 def evaluate_robustness(
@@ -47,7 +57,7 @@ def evaluate_robustness(
     clip_max: float = 1.0,
     num_classes: int | None = None,
     minimum_norm_attacks=(),
-    checks: bool = True,
+    checks: bool | list = True,
     thorough: bool = False,
     state_path: str | os.PathLike | None = None,
     verbose: int = 1,
@@ -56,7 +66,7 @@ def evaluate_robustness(
 
     For each eps the attacks run in order, each on the points still robust; a
     point is broken only if this function verifies `argmax(model(x_adv)) != y`,
-    `||x_adv - x|| <= eps + 1e-6` and `clip_min <= x_adv <= clip_max`. Each attack
+    `||x_adv - x|| <= eps` (up to float32 rounding, `norm_slack`) and `clip_min <= x_adv <= clip_max`. Each attack
     gets its full budget (every option it declares, with the value it runs with) by
     name; the report's `settings["budgets"]` records them.
 
@@ -86,8 +96,11 @@ def evaluate_robustness(
         minimum_norm_attacks: Names of `"minimum_norm"` attacks (e.g. `("deepfool",
             "ead")`) run without a bound on the clean-correct points; the report
             gets their per-example norms and median / mean / success rate.
-        checks: Run the gradient-masking checks of `gfa_keras.evaluation.masking_checks` and
-            put their flags in the report.
+        checks: True runs every gradient-masking check of
+            `gfa_keras.evaluation.masking_checks` (but the `thorough` one), False none,
+            a list of names from `masking_checks.CHECKS` those; their flags go in the
+            report. With one eps, the accuracy-vs-eps check probes 2x and 4x eps
+            with a fast attack on a sample.
         thorough: Also rerun the strongest attack with twice the steps (or
             restarts) on a sample and flag a change of more than a point.
         state_path: JSON file for partial results, written after every batch; a
@@ -134,6 +147,7 @@ def evaluate_robustness(
     if num_classes is not None:
         check_positive_int("num_classes", num_classes)
     check_int("seed", seed)
+    selected = masking_checks.select_checks(checks, thorough)
     check_choice("verbose", verbose, (0, 1, 2), what="verbosity")
     x, y = _read_data(data)
     x, y = validate_attack_inputs(x, y, eps=eps_list[-1], norm=norm, clip_min=clip_min, clip_max=clip_max,
@@ -161,10 +175,10 @@ def evaluate_robustness(
     }
     state = EvaluationState(state_path, lambda: {**settings, "data_sha256": data_digest(x, y),
                                                  "model": model_digest(model)})
-    settings.update(checks=bool(checks), thorough=bool(thorough))
+    settings.update(checks=sorted(selected), thorough=bool(thorough))
     run = _Runner(model, x, y, norm, seed, clip_min, clip_max, batch_size, verbose)
 
-    flags = masking_checks.model_checks(model, x[:CHECK_SAMPLE_SIZE], y[:CHECK_SAMPLE_SIZE]) if checks else []
+    flags = masking_checks.model_checks(model, x[:CHECK_SAMPLE_SIZE], y[:CHECK_SAMPLE_SIZE], selected)
     correct = _predict(model, x, batch_size) == y.numpy()
     broken_by = []
     for i, e in enumerate(eps_list):
@@ -183,17 +197,19 @@ def evaluate_robustness(
 
     report = build_report(correct, eps_list, norm, [s.name for s in specs], broken_by, minimum_norm, settings,
                           getattr(model, "name", type(model).__name__), _versions())
-    if checks:
-        sample = np.arange(min(CHECK_SAMPLE_SIZE, x.shape[0]))
+    report.standard_reasons = standard_reasons(report.attacks, budgets, norm, num_classes)
+    report.standard = not report.standard_reasons
+    sample = np.arange(min(CHECK_SAMPLE_SIZE, x.shape[0]))
 
-        def probe(spec, eps, **overrides):
-            return run.standalone_accuracy(spec, {**budgets[spec.name], **overrides}, sample, eps)
+    def probe(spec, eps, **overrides):
+        return run.standalone_accuracy(spec, {**budgets[spec.name], **overrides}, sample, eps)
 
-        report.flags = flags + masking_checks.cascade_checks(
-            report, specs, probe, labels=y.numpy(), sample_labels=y.numpy()[sample], input_shape=x.shape[1:],
-            clip_min=clip_min, clip_max=clip_max)
-        if thorough:
-            report.flags.append(masking_checks.thoroughness_check(report, specs, budgets, probe, len(sample)))
+    report.flags = flags + masking_checks.cascade_checks(
+        report, specs, budgets, probe, labels=y.numpy(), sample_labels=y.numpy()[sample], input_shape=x.shape[1:],
+        clip_min=clip_min, clip_max=clip_max, num_classes=num_classes, zero_gradients=run.zero_gradients,
+        selected=selected)
+    if "more_iterations_change_little" in selected:
+        report.flags.append(masking_checks.thoroughness_check(report, specs, budgets, probe, len(sample)))
     if verbose:
         print(report.summary())
     return report
@@ -268,7 +284,8 @@ def _verified_breaks(model, x, x_adv, y, eps, norm, clip_min, clip_max):
     ok = tf.reduce_all(tf.math.is_finite(flat), axis=1)
     ok &= tf.reduce_all((flat >= clip_min) & (flat <= clip_max), axis=1)
     if eps is not None:
-        ok &= perturbation_norms(x, x_adv, norm) <= eps + NORM_SLACK
+        ok &= perturbation_norms(x, x_adv, norm) <= eps + norm_slack(
+            eps, norm, int(np.prod(x.shape[1:])), clip_min, clip_max)
     ok &= tf.argmax(model(x_adv), axis=-1, output_type=tf.int32) != y
     return ok.numpy()
 
@@ -280,6 +297,8 @@ class _Runner:
         self.model, self.x, self.y, self.norm, self.seed = model, x, y, norm, seed
         self.clip_min, self.clip_max = clip_min, clip_max
         self.batch_size, self.verbose = batch_size, verbose
+        # {(eps, attack): (points with a zero input gradient, points attacked)} of the APGD runs.
+        self.zero_gradients = {}
 
     def attack(self, spec, budget, x, y, eps, seed):
         """Runs one attack on one batch with its budget and returns its (unverified) output."""
@@ -305,14 +324,22 @@ class _Runner:
     def cascade_stage(self, spec, budget, eps, targets, state, key):
         """Runs `spec` at `eps` on `targets`, resuming from `state`; returns the broken indices."""
         batches = self.batches(targets)
-        stage = state.get(key, {"batches_done": 0, "broken": []})
+        stage = state.get(key, {"batches_done": 0, "broken": [], "zero_gradients": 0})
+        loss = masking_checks.ZERO_GRADIENT_LOSSES.get(spec.name)
         bar = progress_bar(len(batches), stage["batches_done"], f"eps={eps:g} {spec.name}", self.verbose)
         for b in range(stage["batches_done"], len(batches)):
             broken = self.broken(spec, budget, batches[b], eps, self.seed + b)
-            stage = {"batches_done": b + 1, "broken": stage["broken"] + broken.tolist()}
+            zero = 0
+            if loss is not None:
+                x, y = tf.gather(self.x, batches[b]), tf.gather(self.y, batches[b])
+                zero = int(masking_checks.zero_input_gradients(self.model, x, y, loss).sum())
+            stage = {"batches_done": b + 1, "broken": stage["broken"] + broken.tolist(),
+                     "zero_gradients": stage["zero_gradients"] + zero}
             state.put(key, stage)
             bar.update(1)
         bar.close()
+        if loss is not None and len(targets):
+            self.zero_gradients[(eps, spec.name)] = (stage["zero_gradients"], len(targets))
         return np.asarray(stage["broken"], dtype=np.int64)
 
     def minimum_norm_stage(self, spec, budget, targets, state, key):

@@ -8,9 +8,10 @@ with eps, above chance at a bound that reaches every image), "warn" where they
 are suspicious. Checks on numbers take accuracies; checks on a model take a small
 sample of data.
 
-`model_checks` and `cascade_checks` decide which checks an evaluation runs and on
-what; the attacks they need run through a `probe` the evaluation passes in, so this
-module imports no attack.
+`select_checks`, `model_checks` and `cascade_checks` decide which checks an
+evaluation runs and on what; the attacks they need run through a `probe` the
+evaluation passes in, so this module imports no attack. Every tolerance is a fraction
+of the points, in [0, 1].
 """
 from __future__ import annotations
 
@@ -19,8 +20,12 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from gfa_keras.validation import check_number
+
 __all__ = [
+    "CHECKS",
     "SINGLE_STEP_ATTACKS",
+    "ZERO_GRADIENT_LOSSES",
     "large_eps",
     "check_accuracy_decreases_with_eps",
     "check_accuracy_at_large_eps",
@@ -30,6 +35,11 @@ __all__ = [
     "check_input_gradients",
     "check_outputs_are_logits",
     "check_deterministic",
+    "check_zero_gradients",
+    "check_target_classes",
+    "check_late_breaks",
+    "zero_input_gradients",
+    "select_checks",
     "model_checks",
     "cascade_checks",
     "thoroughness_check",
@@ -37,10 +47,33 @@ __all__ = [
 
 # Attacks that take one gradient step; any other white-box bounded attack is iterative.
 SINGLE_STEP_ATTACKS = ("fgsm",)
+# The APGD runs and the loss whose input gradient each starts from (as AutoAttack's
+# check_zero_gradients, which looks at the gradient APGD computes first).
+ZERO_GRADIENT_LOSSES = {"apgd_ce": "ce", "apgd_t": "dlr_targeted"}
+# Attacks after APGD-T in AutoAttack's cascade that should add little.
+LATE_ATTACKS = ("fab_t", "square")
+# Every check an evaluation can run, by name (`checks=[...]` picks some).
+CHECKS = (
+    "input_gradients",
+    "outputs_are_logits",
+    "deterministic",
+    "accuracy_decreases_with_eps",
+    "accuracy_at_large_eps",
+    "iterative_beats_single_step",
+    "black_box_not_stronger",
+    "zero_gradients",
+    "target_classes",
+    "late_breaks",
+    "more_iterations_change_little",
+)
 
 
 def _flag(check, status, reason):
     return {"check": check, "status": status, "reason": reason}
+
+
+def _tolerance(value):
+    return check_number("tolerance", value, low=0.0, high=1.0)
 
 
 def _pairs(eps, values):
@@ -98,6 +131,7 @@ def check_accuracy_decreases_with_eps(eps, accuracies, tolerance: float = 0.0) -
     >>> check_accuracy_decreases_with_eps([0.1, 0.2], [0.5, 0.7])["status"]
     'fail'
     """
+    tolerance = _tolerance(tolerance)
     pairs = _pairs(eps, accuracies)
     rises = [
         (e0, a0, e1, a1) for (e0, a0), (e1, a1) in zip(pairs, pairs[1:]) if a1 > a0 + tolerance
@@ -132,6 +166,7 @@ def check_accuracy_at_large_eps(accuracy: float, chance_accuracy: float, eps: fl
     >>> check_accuracy_at_large_eps(0.6, chance_accuracy=0.1, eps=0.5)["status"]
     'fail'
     """
+    tolerance = _tolerance(tolerance)
     at = "" if eps is None else f" at eps={eps:g}"
     if accuracy > chance_accuracy + tolerance:
         return _flag(
@@ -154,7 +189,7 @@ def _weaker_adds_little(check, weaker_kind, stronger, weaker, eps, accuracy_befo
                 f"to {after:.2%} at eps={e:g}: the stronger attacks miss points a weaker one finds "
                 "(a sign of gradient masking; try more steps, restarts or an adaptive attack).",
             )
-    return _flag(check, "ok", f"{weaker} found at most {tolerance:.0%} more points than {stronger}.")
+    return _flag(check, "ok", f"{weaker} found at most {tolerance:.1%} more points than {stronger}.")
 
 
 def check_iterative_beats_single_step(eps, iterative_accuracy, single_step_accuracy, *,
@@ -181,6 +216,7 @@ def check_iterative_beats_single_step(eps, iterative_accuracy, single_step_accur
     >>> check_iterative_beats_single_step([0.1], [0.4], [0.2])["status"]
     'warn'
     """
+    tolerance = _tolerance(tolerance)
     _pairs(eps, iterative_accuracy)
     _pairs(eps, single_step_accuracy)
     return _weaker_adds_little("iterative_beats_single_step", "single-step", iterative, single_step,
@@ -189,7 +225,7 @@ def check_iterative_beats_single_step(eps, iterative_accuracy, single_step_accur
 
 def check_black_box_not_stronger(eps, white_box_accuracy, black_box_accuracy, *,
                                  white_box: str = "white-box attacks", black_box: str = "square",
-                                 tolerance: float = 0.01) -> dict:
+                                 tolerance: float = 0.002) -> dict:
     """Warns if a black-box (score-based) attack reaches a lower accuracy than the white-box ones.
 
     Works on standalone accuracies, or on a cascade in which the black-box attack
@@ -201,16 +237,18 @@ def check_black_box_not_stronger(eps, white_box_accuracy, black_box_accuracy, *,
         black_box_accuracy: Accuracy under the black-box attack, per eps.
         white_box: Name(s) of the white-box attacks, for the message.
         black_box: Name of the black-box attack, for the message.
-        tolerance: Allowed difference, as a fraction of the points.
+        tolerance: Allowed difference, as a fraction of the points; AutoAttack's
+            check_square_sr uses 0.2%.
 
     Returns:
         The flag dict.
 
     Example:
 
-    >>> check_black_box_not_stronger([0.1], [0.4], [0.39])["status"]
+    >>> check_black_box_not_stronger([0.1], [0.4], [0.399])["status"]
     'ok'
     """
+    tolerance = _tolerance(tolerance)
     _pairs(eps, white_box_accuracy)
     _pairs(eps, black_box_accuracy)
     return _weaker_adds_little("black_box_not_stronger", "black-box", white_box, black_box,
@@ -236,6 +274,7 @@ def check_more_iterations_change_little(accuracy: float, accuracy_more: float, *
     >>> check_more_iterations_change_little(0.40, 0.30)["status"]
     'warn'
     """
+    tolerance = _tolerance(tolerance)
     if abs(accuracy_more - accuracy) > tolerance:
         return _flag(
             "more_iterations_change_little",
@@ -352,14 +391,185 @@ def check_deterministic(model, x, repeats: int = 3, atol: float = 1e-4) -> dict:
     return _flag("deterministic", "ok", f"{repeats} forward passes agree.")
 
 
+def zero_input_gradients(model, x, y, loss: str = "ce"):
+    """Per example, whether the input gradient of `loss` is exactly zero (or not finite).
+
+    Args:
+        model: Callable mapping a batch to logits.
+        x: A batch of inputs.
+        y: Integer labels of `x`.
+        loss: `"ce"` (cross-entropy, APGD-CE's loss) or `"dlr_targeted"` (APGD-T's
+            targeted DLR loss toward the top-ranked wrong class; cross-entropy with
+            fewer than 4 classes, where DLR is undefined).
+
+    Returns:
+        A boolean NumPy vector.
+    """
+    x = tf.convert_to_tensor(x, tf.float32)
+    y = tf.convert_to_tensor(y, tf.int32)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        logits = tf.cast(model(x), tf.float32)
+        if loss == "dlr_targeted" and logits.shape[-1] >= 4:
+            ranked = tf.sort(logits, axis=-1, direction="DESCENDING")
+            true = tf.gather(logits, y, axis=1, batch_dims=1)
+            others = tf.where(tf.one_hot(y, logits.shape[-1]) > 0, -np.inf, logits)
+            target = tf.reduce_max(others, axis=-1)
+            value = -(true - target) / (ranked[:, 0] - 0.5 * (ranked[:, 2] + ranked[:, 3]) + 1e-12)
+        elif loss in ("ce", "dlr_targeted"):
+            value = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+        else:
+            raise ValueError(f"Unknown loss. Expected 'ce' or 'dlr_targeted'. Received: loss={loss!r}")
+    grad = tape.gradient(value, x)
+    if grad is None:
+        return np.ones(x.shape[0], dtype=bool)
+    grad = tf.reshape(grad, [tf.shape(grad)[0], -1])
+    size = tf.reduce_sum(tf.abs(grad), axis=1)
+    return ((size == 0.0) | ~tf.math.is_finite(size)).numpy()
+
+
+def check_zero_gradients(attack: str, zero: int, attacked: int, eps: float | None = None) -> dict:
+    """Warns if points handed to a gradient attack have an exactly zero input gradient.
+
+    As AutoAttack's `check_zero_gradients`: from such a point APGD's first step goes
+    nowhere, so the attack cannot find what may be there. Fails when every attacked
+    point has one.
+
+    Args:
+        attack: The attack's name.
+        zero: Attacked points whose gradient of the attack's loss is exactly zero.
+        attacked: Points handed to the attack.
+        eps: The bound, for the message.
+
+    Returns:
+        The flag dict.
+
+    Example:
+
+    >>> check_zero_gradients("apgd_ce", zero=3, attacked=100)["status"]
+    'warn'
+    """
+    at = "" if eps is None else f" at eps={eps:g}"
+    if zero and zero == attacked:
+        return _flag("zero_gradients", "fail", f"All {attacked} points attacked by {attack}{at} have an exactly "
+                     "zero input gradient of its loss: the attack cannot move them (gradient masking); use an "
+                     "adaptive or black-box attack.")
+    if zero:
+        return _flag("zero_gradients", "warn", f"{zero} of {attacked} points attacked by {attack}{at} "
+                     f"({zero / attacked:.1%}) have an exactly zero input gradient of its loss: gradient-based "
+                     "attacks are unreliable on them.")
+    return _flag("zero_gradients", "ok", f"No point attacked by {attack}{at} has a zero input gradient "
+                 f"({attacked} points).")
+
+
+def check_target_classes(attack: str, used: int, wanted: int, num_classes: int) -> dict:
+    """Warns if a targeted attack's targets are capped because the model has too few classes.
+
+    Args:
+        attack: The attack's name.
+        used: Target classes it ran against.
+        wanted: Target classes of AutoAttack's standard version (9).
+        num_classes: The model's classes.
+
+    Returns:
+        The flag dict.
+
+    Example:
+
+    >>> check_target_classes("apgd_t", used=4, wanted=9, num_classes=5)["status"]
+    'warn'
+    """
+    if num_classes - 1 < wanted:
+        return _flag("target_classes", "warn", f"{attack} targets {used} classes instead of {wanted}: the model "
+                     f"has only {num_classes} classes, so its targets are capped at the {num_classes - 1} others "
+                     "(AutoAttack's check_n_classes warns here too).")
+    return _flag("target_classes", "ok", f"{attack} targets {used} of the {num_classes - 1} other classes.")
+
+
+def check_late_breaks(eps, accuracy_before, accuracy_after, *, attack: str, after: str = "apgd_t",
+                      tolerance: float = 0.01) -> dict:
+    """Warns if an attack run after APGD-T still breaks more than `tolerance` of the points.
+
+    In AutoAttack's cascade FAB-T and Square usually add little once APGD-CE and
+    APGD-T have run; when they add more, the gradient attacks are struggling (masking,
+    too few steps).
+
+    Args:
+        eps: The perturbation bounds.
+        accuracy_before: Cascade accuracy before `attack`, per eps.
+        accuracy_after: Cascade accuracy after `attack`, per eps.
+        attack: The late attack's name.
+        after: The attack it ran after, for the message.
+        tolerance: Allowed drop, as a fraction of the points.
+
+    Returns:
+        The flag dict.
+
+    Example:
+
+    >>> check_late_breaks([0.1], [0.40], [0.37], attack="fab_t")["status"]
+    'warn'
+    """
+    tolerance = _tolerance(tolerance)
+    for e, before, after_value in _triples(eps, accuracy_before, accuracy_after):
+        if before - after_value > tolerance:
+            return _flag("late_breaks", "warn", f"{attack} broke {before - after_value:.2%} of the points after "
+                         f"{after} at eps={e:g} (more than {tolerance:.0%}): the gradient attacks miss points; "
+                         "raise their steps or restarts, or try an adaptive attack.")
+    return _flag("late_breaks", "ok", f"{attack} broke at most {tolerance:.0%} of the points after {after}.")
+
+
+def _triples(eps, first, second):
+    _pairs(eps, first)
+    _pairs(eps, second)
+    return list(zip(eps, first, second))
+
+
+def select_checks(checks, thorough: bool = False) -> frozenset:
+    """The names of the checks to run.
+
+    Args:
+        checks: True (every check but `more_iterations_change_little`), False (none),
+            or a list of names from `CHECKS`.
+        thorough: Also run `more_iterations_change_little`.
+
+    Returns:
+        A frozenset of check names.
+
+    Raises:
+        ValueError: For a name not in `CHECKS` or a value of another type.
+    """
+    if isinstance(checks, bool):
+        chosen = set(CHECKS) - {"more_iterations_change_little"} if checks else set()
+    elif isinstance(checks, (list, tuple, set, frozenset)) and all(isinstance(c, str) for c in checks):
+        unknown = sorted(set(checks) - set(CHECKS))
+        if unknown:
+            raise ValueError(f"Unknown check names {unknown}. Expected names from {list(CHECKS)}. "
+                             f"Received: checks={list(checks)!r}")
+        chosen = set(checks)
+    else:
+        raise ValueError(f"checks must be True, False or a list of check names from {list(CHECKS)}. "
+                         f"Received: checks={checks!r}")
+    if thorough:
+        chosen.add("more_iterations_change_little")
+    return frozenset(chosen)
+
+
 def not_checked(check: str, reason: str) -> dict:
     """An "ok" flag saying why a check could not run."""
     return _flag(check, "ok", "Not checked: " + reason)
 
 
-def model_checks(model, x, y) -> list:
-    """The checks on the model itself: input gradients, logits, determinism."""
-    return [check_input_gradients(model, x, y), check_outputs_are_logits(model, x), check_deterministic(model, x)]
+def model_checks(model, x, y, selected=frozenset(CHECKS)) -> list:
+    """The checks on the model itself (those in `selected`): input gradients, logits, determinism."""
+    flags = []
+    if "input_gradients" in selected:
+        flags.append(check_input_gradients(model, x, y))
+    if "outputs_are_logits" in selected:
+        flags.append(check_outputs_are_logits(model, x))
+    if "deterministic" in selected:
+        flags.append(check_deterministic(model, x))
+    return flags
 
 
 def _pair_flags(report, specs, check, is_weak, is_strong, check_fn):
@@ -386,12 +596,18 @@ def _chance(labels):
     return float(np.max(np.bincount(np.asarray(labels)))) / len(labels)
 
 
-def cascade_checks(report, specs, probe, *, labels, sample_labels, input_shape, clip_min, clip_max) -> list:
-    """The checks on a cascade's results.
+# Steps of the fast attack that probes larger bounds when only one eps was evaluated.
+PROBE_STEPS = 20
+
+
+def cascade_checks(report, specs, budgets, probe, *, labels, sample_labels, input_shape, clip_min, clip_max,
+                   num_classes, zero_gradients=None, selected=frozenset(CHECKS)) -> list:
+    """The checks on a cascade's results (those in `selected`).
 
     Args:
         report: The `RobustnessReport` of the cascade.
         specs: The cascade's `AttackSpec`s, in order.
+        budgets: `{attack name: {option: value}}` as run.
         probe: `probe(spec, eps, **budget_overrides)` -> the accuracy of `spec` alone at
             `eps` on a fixed sample of the points.
         labels: Labels of all evaluated points.
@@ -399,26 +615,47 @@ def cascade_checks(report, specs, probe, *, labels, sample_labels, input_shape, 
         input_shape: Shape of one input.
         clip_min: Lower end of the input box.
         clip_max: Upper end of the input box.
+        num_classes: The model's classes.
+        zero_gradients: `{(eps, attack): (zero, attacked)}` counted during the APGD runs.
+        selected: Names of the checks to run.
 
     Returns:
         The flags.
     """
-    flags = [check_accuracy_decreases_with_eps(report.eps, report.worst_case_accuracy)]
-    flags += _pair_flags(
-        report, specs, "iterative_beats_single_step",
-        lambda s: s.name in SINGLE_STEP_ATTACKS,
-        lambda s: s.white_box and s.name not in SINGLE_STEP_ATTACKS,
-        lambda e, before, after, strong, weak: check_iterative_beats_single_step(
-            e, before, after, iterative=strong, single_step=weak),
-    )
-    flags += _pair_flags(
-        report, specs, "black_box_not_stronger",
-        lambda s: not s.white_box,
-        lambda s: s.white_box,
-        lambda e, before, after, strong, weak: check_black_box_not_stronger(
-            e, before, after, white_box=strong, black_box=weak),
-    )
-    if specs:
+    names = [s.name for s in specs]
+    flags = []
+    if "accuracy_decreases_with_eps" in selected:
+        flags.append(_eps_flag(report, specs, budgets, probe, len(sample_labels)))
+    if "iterative_beats_single_step" in selected:
+        flags += _pair_flags(
+            report, specs, "iterative_beats_single_step",
+            lambda s: s.name in SINGLE_STEP_ATTACKS,
+            lambda s: s.white_box and s.name not in SINGLE_STEP_ATTACKS,
+            lambda e, before, after, strong, weak: check_iterative_beats_single_step(
+                e, before, after, iterative=strong, single_step=weak),
+        )
+    if "black_box_not_stronger" in selected:
+        flags += _pair_flags(
+            report, specs, "black_box_not_stronger",
+            lambda s: not s.white_box,
+            lambda s: s.white_box,
+            lambda e, before, after, strong, weak: check_black_box_not_stronger(
+                e, before, after, white_box=strong, black_box=weak),
+        )
+    if "late_breaks" in selected and "apgd_t" in names:
+        for position, name in enumerate(names):
+            if name in LATE_ATTACKS and position > names.index("apgd_t"):
+                flags.append(check_late_breaks(report.eps, report.robust_accuracy[names[position - 1]],
+                                               report.robust_accuracy[name], attack=name))
+    if "zero_gradients" in selected:
+        for (e, name), (zero, attacked) in (zero_gradients or {}).items():
+            flags.append(check_zero_gradients(name, zero, attacked, eps=e))
+    if "target_classes" in selected:
+        for name in names:
+            used = budgets.get(name, {}).get("num_target_classes")
+            if name in ("apgd_t", "fab_t") and used is not None:
+                flags.append(check_target_classes(name, used, 9, num_classes))
+    if "accuracy_at_large_eps" in selected and specs:
         big = large_eps(report.norm, input_shape, clip_min, clip_max)
         reached = [(e, a) for e, a in zip(report.eps, report.worst_case_accuracy) if e >= big]
         if reached:
@@ -430,6 +667,27 @@ def cascade_checks(report, specs, probe, *, labels, sample_labels, input_shape, 
             flag["reason"] += f" ({spec.name} on {len(sample_labels)} points.)"
             flags.append(flag)
     return flags
+
+
+def _eps_flag(report, specs, budgets, probe, sample_size):
+    """Accuracy against eps: over the evaluated bounds, or, with one bound, probed at 2x and 4x it."""
+    check = "accuracy_decreases_with_eps"
+    if len(report.eps) > 1:
+        return check_accuracy_decreases_with_eps(report.eps, report.worst_case_accuracy)
+    eps = report.eps[0]
+    if not specs or eps == 0:
+        return not_checked(check, "one eps, and it is 0." if specs else "no attack ran.")
+    # A fast attack on a sample: the first white-box one with few steps.
+    spec = next((s for s in specs if s.white_box), specs[0])
+    overrides = {}
+    if isinstance(budgets[spec.name].get("steps"), int) and spec.white_box:
+        overrides["steps"] = min(budgets[spec.name]["steps"], PROBE_STEPS)
+    bounds = [eps, 2 * eps, 4 * eps]
+    flag = check_accuracy_decreases_with_eps(bounds, [probe(spec, e, **overrides) for e in bounds])
+    steps = f" with {overrides['steps']} steps" if overrides else ""
+    flag["reason"] += f" (one eps evaluated: {spec.name}{steps} alone on {sample_size} points at " \
+                      f"{', '.join(f'{e:g}' for e in bounds)}.)"
+    return flag
 
 
 def thoroughness_check(report, specs, budgets, probe, sample_size: int) -> dict:

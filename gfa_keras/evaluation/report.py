@@ -27,6 +27,7 @@ __all__ = [
     "format_number",
     "markdown_table",
     "robustness_tables",
+    "budget_text",
 ]
 
 FLAG_STATUSES = ("ok", "warn", "fail")
@@ -71,6 +72,19 @@ def markdown_table(header, rows) -> list:
     return lines + ["| " + " | ".join(row) + " |" for row in cells[1:]]
 
 
+def budget_text(standard, reasons) -> str:
+    """`"AutoAttack standard version"`, or `"not the AutoAttack standard version (reasons)"`."""
+    if standard is None:
+        return "budget against AutoAttack's standard version not recorded"
+    if standard:
+        return "AutoAttack standard version"
+    return f"not the AutoAttack standard version ({'; '.join(reasons)})"
+
+
+def _options_text(options):
+    return ", ".join(f"{k}={format_number(v)}" for k, v in options.items()) or "-"
+
+
 def _setting_text(value):
     return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
 
@@ -83,8 +97,9 @@ def robustness_tables(report) -> list:
 
     Returns:
         In order: the cumulative cascade, each attack on the points handed to it, the
-        minimum-norm attacks, the gradient-masking checks, the settings; the tables
-        with no content are left out.
+        budgets (with whether they are AutoAttack's standard version and the number of
+        points), the minimum-norm attacks, the gradient-masking checks, the other
+        settings; the tables with no content are left out.
     """
     r = report.to_dict() if isinstance(report, RobustnessReport) else report
     attacks, eps = r["attacks"], r["eps"]
@@ -104,6 +119,15 @@ def robustness_tables(report) -> list:
                              format_percent(r["attack_accuracy"][attack][i])])
         tables.append(("Per attack: accuracy on the points still robust before it",
                        ["attack", "eps", "points attacked", "points broken", "accuracy on attacked"], rows))
+    budgets = r.get("settings", {}).get("budgets")
+    if attacks or budgets:
+        rows = [[name, _options_text(options)] for name, options in (budgets or {}).items()]
+        rows.append(["AutoAttack standard version",
+                     "not recorded" if r.get("standard") is None else "yes" if r["standard"]
+                     else "no: " + "; ".join(r.get("standard_reasons", []))])
+        rows.append(["points evaluated", str(r.get("settings", {}).get("num_points", len(r["broken_by"][0])
+                                                                       if r["broken_by"] else 0))])
+        tables.append(("Budgets: each attack's options as run", ["attack", "budget"], rows))
     if r.get("minimum_norm"):
         rows = [[a, format_number(math.inf if s["median"] is None else s["median"]), format_number(s["mean"]),
                  format_percent(s["success_rate"])] for a, s in r["minimum_norm"].items()]
@@ -114,7 +138,7 @@ def robustness_tables(report) -> list:
                        [[f["check"], f["status"], f["reason"]] for f in r["flags"]]))
     if r.get("settings"):
         tables.append(("Settings", ["setting", "value"],
-                       [[k, _setting_text(v)] for k, v in r["settings"].items()]))
+                       [[k, _setting_text(v)] for k, v in r["settings"].items() if k != "budgets"]))
     return tables
 
 
@@ -143,10 +167,16 @@ class RobustnessReport:
             misclassified, `inf` where the attack failed. `median` is over all points,
             `mean` over the clean-correct points the attack broke, `success_rate` over
             the clean-correct points.
-        settings: Evaluation settings (eps, norm, steps, restarts, seed, number of
-            points, attacks, model name, date, versions, ...).
+        settings: Evaluation settings (eps, norm, `budgets`: each attack's options as
+            run, seed, `num_points`, attacks, checks, model name, date, versions, ...).
         flags: Gradient-masking checks, each `{"check", "status", "reason"}` with
             status in `FLAG_STATUSES`.
+        standard: Whether the attacks and their budgets are exactly AutoAttack's
+            standard version (APGD-CE, APGD-T, FAB-T 100 steps, Square 5,000 queries,
+            ...; see `gfa_keras.evaluation.presets.AUTOATTACK_STANDARD`); `None` in
+            reports written before this was recorded. The number of points is not
+            part of it: `settings["num_points"]` says how many were evaluated.
+        standard_reasons: Why `standard` is False, e.g. `"square: 1000 queries < 5000"`.
 
     Example:
 
@@ -169,6 +199,8 @@ class RobustnessReport:
     minimum_norm: dict = dataclasses.field(default_factory=dict)
     settings: dict = dataclasses.field(default_factory=dict)
     flags: list = dataclasses.field(default_factory=list)
+    standard: bool | None = None
+    standard_reasons: list = dataclasses.field(default_factory=list)
 
     def robust_mask(self, eps_index: int = 0) -> list:
         """Per point, whether it survived every attack at `eps[eps_index]`."""
@@ -229,12 +261,18 @@ class RobustnessReport:
             f"({self.norm}) {worst} over {self.settings.get('num_points', '?')} points "
             f"[{', '.join(self.attacks)}]"
         )
+        if self.attacks:
+            text += f"; {self.budget_summary()}"
         for attack, stats in self.minimum_norm.items():
             text += f"; {attack} median {self.norm} norm {format_number(stats['median'])}"
         fired = [f for f in self.flags if f["status"] != "ok"]
         if fired:
             text += "; flags: " + ", ".join(f"{f['check']} ({f['status']})" for f in fired)
         return text
+
+    def budget_summary(self) -> str:
+        """Whether the run is AutoAttack's standard version, and if not why, in one phrase."""
+        return budget_text(self.standard, self.standard_reasons)
 
     def to_markdown(self) -> str:
         """Markdown for a human reader: the summary and every table of `robustness_tables`."""

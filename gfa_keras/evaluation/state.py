@@ -12,8 +12,8 @@ import numpy as np
 
 __all__ = ["EvaluationState", "data_digest", "model_digest"]
 
-# Version 2: the fingerprint holds each attack's full budget.
-STATE_VERSION = 2
+# Version 3: the fingerprint holds each attack's full budget; APGD stages count zero gradients.
+STATE_VERSION = 3
 
 
 def data_digest(x, y) -> str:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from gfa_keras.evaluation.report import (
-    format_number, format_percent, json_ready, markdown_table, robustness_tables,
+    budget_text, format_number, format_percent, json_ready, markdown_table, robustness_tables,
 )
 from gfa_keras.reports import html, plots
 
@@ -285,17 +285,19 @@ def _draw_figures(data, directory):
 
 
 def _summary_rows(models):
-    """Header and rows: model, clean, worst case per (norm, eps), attacks, flags fired."""
+    """Header and rows: model, clean, worst case per (norm, eps), attacks, budget, points, flags fired."""
     robust = {n: m["robustness"] for n, m in models.items() if m.get("robustness")}
     columns = sorted({(r["norm"], e) for r in robust.values() for e in r["eps"]})
-    header = ["model", "clean"] + [f"{norm} eps={e:g}" for norm, e in columns] + ["attacks", "flags"]
+    header = ["model", "clean"] + [f"{norm} eps={e:g}" for norm, e in columns] + ["attacks", "budget", "points",
+                                                                                   "flags"]
     rows = []
     for name, r in robust.items():
         worst = {(r["norm"], e): a for e, a in zip(r["eps"], r["worst_case_accuracy"])}
         fired = [f"{f['check']} ({f['status']})" for f in r.get("flags", []) if f["status"] != "ok"]
         rows.append([name, format_percent(r["clean_accuracy"])] + [format_percent(worst.get(c)) if c in worst else "-"
                                                              for c in columns]
-                    + [", ".join(r["attacks"]), ", ".join(fired) or "none"])
+                    + [", ".join(r["attacks"]), budget_text(r.get("standard"), r.get("standard_reasons", [])),
+                       str(r.get("settings", {}).get("num_points", "?")), ", ".join(fired) or "none"])
     return header, rows
 
 
