@@ -206,8 +206,12 @@ def test_subprocess_evaluate_succeeds_and_writes_the_report(plain_model_file, tm
                                  "--eps", "0.1", "--test-limit", "30", "--landscape-points", "5", "--verbose", "0")
     assert code == EXIT_OK, err[-2000:]
     assert f"report: {tmp_path / 'report.html'}" in out
+    # Even silent, the command says which budget ran.
+    assert "plain: not the AutoAttack standard version (attacks fgsm instead of apgd_ce, apgd_t, fab_t, square), " \
+        "30 points" in out
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["models"]["plain"]["robustness"]["settings"]["num_points"] == 30
+    assert report["models"]["plain"]["robustness"]["standard"] is False
 
 
 def test_subprocess_errors_exit_codes_and_one_line(tmp_path):
