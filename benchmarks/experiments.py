@@ -276,7 +276,7 @@ def table(args):
     rows, reports = [], {}
     head = ("| method | loss | weight | train alignment | epochs | s/epoch | clean | FGSM | PGD-20 | "
             "clean (AA points) | APGD-CE | AA worst case | APGD-CE L2 | DeepFool median L2 (all / correct) | "
-            "EAD median L2 (all / correct) | masking flags fired |")
+            "EAD median L2 (all / correct) | masking flags fired | AA budget |")
     rows.append(head)
     rows.append("|" + "---|" * (head.count("|") - 1))
     names = sorted((d.name for d in root.iterdir() if (d / "progress.json").exists()),
@@ -311,6 +311,7 @@ def table(args):
             *(f"{_fmt(mn[a]['median'])} / {_fmt(median_over_correct(mn[a]))}" if a in mn else "-"
               for a in ("deepfool", "ead")),
             (", ".join(fired) or "none") if aa else "-",
+            aa.budget_summary() if aa else "-",
         ]) + " |")
     print("\n".join(rows))
     print()
@@ -324,7 +325,9 @@ def table(args):
             print(f"| {method} | " + " | ".join(_fmt(a) for a in report.worst_case_accuracy) + " |")
     cascades = [(m, ev["autoattack"]) for m, ev in reports.items() if "autoattack" in ev]
     if cascades:
-        print("\nAutoAttack cascade: accuracy after each attack (cumulative, per-example worst case):\n")
+        budgets = sorted({report.budget_summary() for _, report in cascades})
+        print(f"\nAutoAttack's attacks, {' / '.join(budgets)}: accuracy after each attack (cumulative, "
+              "per-example worst case):\n")
         print("| method | clean | " + " | ".join(f"+ {a}" for a in cascades[0][1].attacks) + " |")
         print("|---|---|" + "---|" * len(cascades[0][1].attacks))
         for method, report in cascades:
