@@ -173,10 +173,12 @@ def evaluate_robustness(
         "num_classes": num_classes,
         "num_points": int(x.shape[0]),
     }
+    count_zero_gradients = "zero_gradients" in selected
     state = EvaluationState(state_path, lambda: {**settings, "data_sha256": data_digest(x, y),
-                                                 "model": model_digest(model)})
+                                                 "model": model_digest(model),
+                                                 "zero_gradient_counts": count_zero_gradients})
     settings.update(checks=sorted(selected), thorough=bool(thorough))
-    run = _Runner(model, x, y, norm, seed, clip_min, clip_max, batch_size, verbose)
+    run = _Runner(model, x, y, norm, seed, clip_min, clip_max, batch_size, verbose, count_zero_gradients)
 
     flags = masking_checks.model_checks(model, x[:CHECK_SAMPLE_SIZE], y[:CHECK_SAMPLE_SIZE], selected)
     correct = _predict(model, x, batch_size) == y.numpy()
@@ -293,11 +295,13 @@ def _verified_breaks(model, x, x_adv, y, eps, norm, clip_min, clip_max):
 class _Runner:
     """Runs attacks batch by batch with their budgets and verifies their output."""
 
-    def __init__(self, model, x, y, norm, seed, clip_min, clip_max, batch_size, verbose):
+    def __init__(self, model, x, y, norm, seed, clip_min, clip_max, batch_size, verbose, count_zero_gradients):
         self.model, self.x, self.y, self.norm, self.seed = model, x, y, norm, seed
         self.clip_min, self.clip_max = clip_min, clip_max
         self.batch_size, self.verbose = batch_size, verbose
-        # {(eps, attack): (points with a zero input gradient, points attacked)} of the APGD runs.
+        # {(eps, attack): (points with a zero input gradient, points attacked)} of the APGD runs,
+        # counted only when the check runs (one more gradient per batch).
+        self.count_zero_gradients = count_zero_gradients
         self.zero_gradients = {}
 
     def attack(self, spec, budget, x, y, eps, seed):
@@ -325,7 +329,7 @@ class _Runner:
         """Runs `spec` at `eps` on `targets`, resuming from `state`; returns the broken indices."""
         batches = self.batches(targets)
         stage = state.get(key, {"batches_done": 0, "broken": [], "zero_gradients": 0})
-        loss = masking_checks.ZERO_GRADIENT_LOSSES.get(spec.name)
+        loss = masking_checks.ZERO_GRADIENT_LOSSES.get(spec.name) if self.count_zero_gradients else None
         bar = progress_bar(len(batches), stage["batches_done"], f"eps={eps:g} {spec.name}", self.verbose)
         for b in range(stage["batches_done"], len(batches)):
             broken = self.broken(spec, budget, batches[b], eps, self.seed + b)
