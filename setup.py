@@ -33,6 +33,9 @@ setup(
         "gpu": ["tensorflow[and-cuda]>=2.16"],
         "tf": ["tensorflow>=2.16"],
         "tfds": ["tensorflow-datasets>=4.9", "importlib_resources"],
+        # benchmarks/autoattack_speed.py: a PyTorch AutoAttack as the reference (the test suite skips
+        # the benchmark's smoke tests without them).
+        "bench": ["torch>=2.1", "torchattacks>=3.5"],
         "test": [
             "pytest>=7",
             "websocket-client>=1.6",  # drives headless Chromium in the HTML report test
