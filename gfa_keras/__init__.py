@@ -5,6 +5,8 @@ robust they are.
   `method=`, PGD adversarial training, TRADES, DataGrad, the hybrid, GFA + PGD, and
   "recommended": PGD training with adversarial weight perturbation and weight averaging).
 - `HardenedModel(base, perturbation=..., regularizers=[...])`: compose your own.
+- `fit_resumable(model, x, y, directory=..., epochs=...)`: `fit` with a checkpoint per epoch
+  that a rerun continues from.
 - `gradient_feature_alignment`, `alignment_penalty`: the penalty for custom loops.
 - `evaluate_robustness(model, (x, y), "autoattack", eps=[...])`: the worst case over an
   attack cascade on every test point, as a `RobustnessReport` with masking checks.
@@ -36,6 +38,7 @@ from gfa_keras.training import (
     register_method,
     TradesKL,
     alignment_penalty,
+    fit_resumable,
     gradient_feature_alignment,
     harden,
 )
@@ -70,6 +73,7 @@ def __dir__():
 
 __all__ = [
     "harden",
+    "fit_resumable",
     "METHODS",
     "register_method",
     "AdversarialWeightPerturbation",

@@ -24,6 +24,7 @@ import numbers
 import numpy as np
 
 __all__ = [
+    "ArgumentValueError",
     "check_int",
     "check_positive_int",
     "check_number",
@@ -31,6 +32,20 @@ __all__ = [
     "check_choice",
     "check_clip_range",
 ]
+
+
+class ArgumentValueError(ValueError):
+    """The ValueError of `check_int` and `check_number`, with the parts of its message as attributes.
+
+    Attributes:
+        name: The argument's name.
+        expected: What was expected, e.g. "a positive integer" (the command line reuses it).
+        value: The value received.
+    """
+
+    def __init__(self, name, expected, value):
+        super().__init__(f"{name} must be {expected}. Received: {name}={value!r}")
+        self.name, self.expected, self.value = name, expected, value
 
 
 def check_int(name, value, minimum=None):
@@ -45,7 +60,7 @@ def check_int(name, value, minimum=None):
         `int(value)`.
 
     Raises:
-        ValueError: "{name} must be a positive integer" (minimum 1), "an integer >= {minimum}"
+        ArgumentValueError: "{name} must be a positive integer" (minimum 1), "an integer >= {minimum}"
             or "an integer", followed by "Received: {name}={value!r}".
     """
     if (
@@ -59,7 +74,7 @@ def check_int(name, value, minimum=None):
             expected = "a positive integer"
         else:
             expected = f"an integer >= {minimum}"
-        raise ValueError(f"{name} must be {expected}. Received: {name}={value!r}")
+        raise ArgumentValueError(name, expected, value)
     return int(value)
 
 
@@ -86,7 +101,7 @@ def check_number(name, value, low=None, high=None, low_open=False, high_open=Fal
         `float(value)`.
 
     Raises:
-        ValueError: "{name} must be a finite number > 0 and <= 1. Received: {name}={value!r}",
+        ArgumentValueError: "{name} must be a finite number > 0 and <= 1. Received: {name}={value!r}",
             with the bounds that apply.
     """
     if isinstance(value, np.ndarray) and value.ndim == 0:  # e.g. a number read back from an .npz file
@@ -100,7 +115,7 @@ def check_number(name, value, low=None, high=None, low_open=False, high_open=Fal
         bounds = [f"{'>' if low_open else '>='} {low:g}"] if low is not None else []
         bounds += [f"{'<' if high_open else '<='} {high:g}"] if high is not None else []
         expected = " ".join(["a finite number", " and ".join(bounds)]).strip()
-        raise ValueError(f"{name} must be {expected}. Received: {name}={value!r}")
+        raise ArgumentValueError(name, expected, value)
     return float(value)
 
 

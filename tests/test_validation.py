@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from gfa_keras.validation import (
+    ArgumentValueError,
     check_choice,
     check_clip_range,
     check_eps,
@@ -100,3 +101,12 @@ def test_clip_range_must_be_an_ordered_pair_of_numbers():
         check_clip_range(0.5, 0.5)
     with pytest.raises(ValueError, match=r"^clip_max must be a finite number\. Received: clip_max=nan$"):
         check_clip_range(0.0, float("nan"))
+
+
+def test_the_error_carries_what_was_expected():
+    with pytest.raises(ArgumentValueError) as info:
+        check_number("learning_rate", -1.0, low=0.0, low_open=True)
+    assert (info.value.name, info.value.expected, info.value.value) == ("learning_rate", "a finite number > 0", -1.0)
+    assert isinstance(info.value, ValueError)
+    with pytest.raises(ArgumentValueError, match=r"^epochs must be a positive integer\. Received: epochs='3'$"):
+        check_positive_int("epochs", "3")

@@ -21,7 +21,6 @@ Python code that would run on loading, and is refused unless `--unsafe-load` is 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -37,8 +36,10 @@ from gfa_keras.architectures import ARCHITECTURES, build_architecture
 from gfa_keras.attacks import ATTACKS, NORMS
 from gfa_keras.data import load_dataset
 from gfa_keras.evaluation.cascade import PRESETS, evaluate_robustness
+from gfa_keras.training.checkpointing import CHECKPOINT_MODEL, CHECKPOINT_STATE, fit_resumable, read_checkpoint
 from gfa_keras.training.methods import METHODS, harden
 from gfa_keras.tuning.search import DEFAULT_PENALTY_RANGE, OBJECTIVES, TUNERS, tune
+from gfa_keras.validation import ArgumentValueError, check_int, check_number
 
 __all__ = [
     "main",
@@ -53,10 +54,6 @@ __all__ = [
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 PROG = "gfa-keras"
-CHECKPOINT_MODEL = "checkpoint.keras"
-CHECKPOINT_STATE = "checkpoint.json"
-# Settings that may change between a run and its --resume; every other one must match.
-_RESUMABLE_CHANGES = ("epochs", "verbose")
 
 
 class CommandError(Exception):
@@ -77,36 +74,26 @@ class _Parser(argparse.ArgumentParser):
 # ---------------------------------------------------------------- argument types
 
 
-def _number_type(convert, minimum, expected):
-    """An argparse type: `convert(text)`, finite and >= `minimum`, else a one-line error."""
+def _number_type(convert, check, **bounds):
+    """An argparse type: `convert(text)` passed through a `gfa_keras.validation` check, so the
+    command line expects what the library expects ("expected a positive integer, received '0'")."""
     def parse(text):
         try:
             value = convert(text)
         except ValueError:
-            value = None
-        if value is None or not value >= minimum or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"expected {expected}, received {text!r}")
-        return value
+            value = text  # not a number: the check rejects it with the expectation
+        try:
+            return check("value", value, **bounds)
+        except ArgumentValueError as e:
+            raise argparse.ArgumentTypeError(f"expected {e.expected}, received {text!r}") from None
     return parse
 
 
-_positive_int = _number_type(int, 1, "a positive integer")
-_non_negative_int = _number_type(int, 0, "an integer >= 0")
-_non_negative_float = _number_type(float, 0.0, "a finite number >= 0")
-
-
-def _positive_float(text):
-    value = _non_negative_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, received {text!r}")
-    return value
-
-
-def _fraction(text):
-    value = _non_negative_float(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), received {text!r}")
-    return value
+_positive_int = _number_type(int, check_int, minimum=1)
+_non_negative_int = _number_type(int, check_int, minimum=0)
+_non_negative_float = _number_type(float, check_number, low=0)
+_positive_float = _number_type(float, check_number, low=0, low_open=True)
+_fraction = _number_type(float, check_number, low=0, high=1, high_open=True)
 
 
 def _layers(text):
@@ -475,60 +462,15 @@ def _training_settings(args):
     return settings
 
 
+def _resumable_settings(settings):
+    """The settings a --resume must repeat: all but --epochs (which may grow)."""
+    return {k: v for k, v in settings.items() if k != "epochs"}
+
+
 def _train_name(args):
     if args.name:
         return args.name
     return f"{Path(args.model).stem}_{args.method}"
-
-
-def _read_checkpoint_state(out):
-    path = out / CHECKPOINT_STATE
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise CommandError(f"Cannot read {path}: {e}. Expected the state written by `gfa-keras train`; "
-                           "rerun with --overwrite to start again.") from None
-
-
-def _check_resumable(state, settings, out):
-    stored = state.get("settings", {})
-    differing = [
-        f"{k}: {stored.get(k)!r} in the checkpoint, {settings[k]!r} now"
-        for k in settings if k not in _RESUMABLE_CHANGES and stored.get(k) != settings[k]
-    ]
-    if differing:
-        raise CommandError(
-            f"Cannot resume {out}: the flags differ from the checkpoint's ({'; '.join(differing)}). "
-            "Expected the same flags (only --epochs may change), or --overwrite to start again."
-        )
-    if state["epoch"] >= settings["epochs"]:
-        raise CommandError(
-            f"Nothing to resume in {out}: it is trained to epoch {state['epoch']} and --epochs is "
-            f"{settings['epochs']}. Expected --epochs greater than {state['epoch']}."
-        )
-
-
-class _ResumableCheckpoint(keras.callbacks.Callback):
-    """After every epoch: the whole model (optimizer included), then the epoch reached and the history.
-
-    Both are written to a temporary file and renamed, so an interruption leaves the
-    previous epoch's pair intact.
-    """
-
-    def __init__(self, out, settings, history):
-        super().__init__()
-        self.out, self.settings, self.history = Path(out), settings, history
-
-    def on_epoch_end(self, epoch, logs=None):
-        for key, value in (logs or {}).items():
-            self.history.setdefault(key, []).append(float(value))
-        tmp_model = self.out / f"{CHECKPOINT_MODEL}.tmp.keras"
-        self.model.save(tmp_model)
-        os.replace(tmp_model, self.out / CHECKPOINT_MODEL)
-        state = {"epoch": epoch + 1, "settings": self.settings, "history": self.history}
-        tmp_state = self.out / f"{CHECKPOINT_STATE}.tmp"
-        tmp_state.write_text(json.dumps(state, indent=1), encoding="utf-8")
-        os.replace(tmp_state, self.out / CHECKPOINT_STATE)
 
 
 def _build_training_model(args, data):
@@ -553,41 +495,43 @@ def _train(args):
     out = Path(args.out)
     settings = _training_settings(args)
     name = settings["name"]
-    has_checkpoint = (out / CHECKPOINT_STATE).exists()
-    if args.resume and not has_checkpoint:
+    checkpoint = read_checkpoint(out)
+    if args.resume and checkpoint is None:
         raise CommandError(f"Nothing to resume: {out / CHECKPOINT_STATE} does not exist. "
                            "Expected the --out of an interrupted `gfa-keras train`; run without --resume to start.")
-    if has_checkpoint and not (args.resume or args.overwrite):
-        state = _read_checkpoint_state(out)
-        raise CommandError(f"{out} already holds a checkpoint (epoch {state.get('epoch')}). "
+    if checkpoint is not None and not (args.resume or args.overwrite):
+        raise CommandError(f"{out} already holds a checkpoint (epoch {checkpoint.epoch}). "
                            "Pass --resume to continue it or --overwrite to start again.")
     if METHODS[args.method].needs_eps and args.eps is None:
         raise CommandError(f"--method {args.method} trains against perturbations and needs --eps "
                            "(e.g. 0.1 for the digits or Fashion-MNIST, 0.031 for CIFAR-10).")
-    data = _load_data(args)
-    out.mkdir(parents=True, exist_ok=True)
-
-    initial_epoch, history = 0, {}
     if args.resume:
-        state = _read_checkpoint_state(out)
-        _check_resumable(state, settings, out)
-        model = load_model_file(out / CHECKPOINT_MODEL, unsafe=args.unsafe_load, compile=True)
-        initial_epoch, history = state["epoch"], state.get("history", {})
-        print(f"resuming {name} from epoch {initial_epoch} of {args.epochs}")
-    else:
-        model = _build_training_model(args, data)
+        differing = checkpoint.differences(_resumable_settings(settings))
+        if differing:
+            raise CommandError(
+                f"Cannot resume {out}: the flags differ from the checkpoint's ({'; '.join(differing)}). "
+                "Expected the same flags (only --epochs may change), or --overwrite to start again."
+            )
+        if checkpoint.epoch >= args.epochs:
+            raise CommandError(
+                f"Nothing to resume in {out}: it is trained to epoch {checkpoint.epoch} and --epochs is "
+                f"{args.epochs}. Expected --epochs greater than {checkpoint.epoch}."
+            )
+        print(f"resuming {name} from epoch {checkpoint.epoch} of {args.epochs}")
+    data = _load_data(args)
     x, y = data.train
     targets = np.eye(data.num_classes, dtype="float32")[y] if args.loss == "mse" else y
-    model.fit(x, targets, epochs=args.epochs, initial_epoch=initial_epoch, batch_size=args.batch_size,
-              validation_split=args.validation_split, verbose=args.verbose,
-              callbacks=[_ResumableCheckpoint(out, settings, history)])
+    model, history = fit_resumable(
+        lambda: _build_training_model(args, data), x, targets, directory=out, epochs=args.epochs,
+        settings=_resumable_settings(settings), overwrite=not args.resume, safe_mode=not args.unsafe_load,
+        batch_size=args.batch_size, validation_split=args.validation_split, verbose=args.verbose)
 
     base = getattr(model, "base_model", model)
     model_path = out / f"{name}.keras"
     base.save(model_path)
     print(f"model: {model_path}")
     training = {k: v for k, v in settings.items() if v is not None}
-    report_directory.add_to_report(out, name, history=history, training=training)
+    report_directory.add_to_report(out, name, history=history.history, training=training)
     if args.evaluate:
         keras.utils.set_random_seed(args.seed)
         _evaluate_into_report(base, name, data, args, attacks=args.evaluate,

@@ -3,11 +3,13 @@
 Owns the GFA penalty (`alignment`), the layer taps it reads (`taps`), training-time
 perturbations (`perturbations`), the regularizers (`regularizers`), the wrapper model
 (`model`), adversarial weight perturbation (`weight_perturbation`), the method registry
-and `harden` (`methods`) and the weight schedules (`schedules`).
+and `harden` (`methods`), the weight schedules (`schedules`) and resumable training
+(`checkpointing`: `fit_resumable`, a checkpoint per epoch).
 May import: keras, TensorFlow, `gfa_keras.threat_model`, `gfa_keras.validation`. Never the
 attacks, the evaluation or the tuner: training must stay light to import.
 """
 from gfa_keras.training.alignment import alignment_penalty, gradient_feature_alignment
+from gfa_keras.training.checkpointing import fit_resumable
 from gfa_keras.training.methods import (
     DEFAULT_PENALTY_WEIGHTS, METHODS, MethodOptions, MethodSpec, get_method, harden, register_method,
 )
@@ -27,5 +29,6 @@ __all__ = [
     "harden", "METHODS", "DEFAULT_PENALTY_WEIGHTS", "MethodSpec", "MethodOptions", "register_method",
     "get_method", "AdversarialWeightPerturbation", "HardenedModel", "GFAModel",
     "Perturbation", "FGSM", "NFGSM", "PGD", "Regularizer", "GradientFeatureAlignment", "InputGradientNorm",
-    "TradesKL", "GradAlign", "PenaltyWarmup", "CyclicLearningRate", "gradient_feature_alignment", "alignment_penalty",
+    "TradesKL", "GradAlign", "PenaltyWarmup", "CyclicLearningRate", "fit_resumable", "gradient_feature_alignment",
+    "alignment_penalty",
 ]
