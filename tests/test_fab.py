@@ -1,4 +1,3 @@
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -6,20 +5,11 @@ import tensorflow as tf
 from gfa_keras.attacks import deepfool, fab, fab_t, get_attack, perturbation_norms
 from gfa_keras.attacks.fab import _project_onto_hyperplane_in_box
 
-# A 4-input, 3-class affine model with hand-set weights.
-W = np.array([[1.0, -2.0, 0.5], [0.0, 1.0, -1.0], [2.0, 0.5, 0.0], [-1.0, 0.0, 1.5]], "float32")
-B = np.array([0.3, -0.2, 0.1], "float32")
+from conftest import AFFINE_B as B
+from conftest import AFFINE_W as W
+from conftest import affine_model as linear_model
+from conftest import affine_points as linear_points
 
-
-def linear_model():
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-    model.layers[0].set_weights([W, B])
-    return model
-
-
-def linear_points(n=6, seed=0):
-    x = np.random.default_rng(seed).uniform(-1, 1, (n, 4)).astype("float32")
-    return x, np.argmax(x @ W + B, axis=1).astype("int32")
 
 
 def analytic_distance(x, y, norm, classes=(0, 1, 2)):

@@ -9,23 +9,12 @@ import pytest
 from gfa_keras import PGD, GradientFeatureAlignment, HardenedModel, InputGradientNorm, PenaltyWarmup, harden
 from gfa_keras.training.methods import METHODS
 
+from conftest import random_linear_model as linear_model
+
 RNG = np.random.default_rng(11)
 X = RNG.uniform(0.05, 0.95, size=(12, 2, 3)).astype("float32")
 Y = RNG.integers(0, 4, size=12).astype("int32")
 EPS, STEP, STEPS = 0.1, 0.04, 3
-
-
-def linear_model(seed=0):
-    return keras.Sequential(
-        [
-            keras.Input((2, 3)),
-            keras.layers.Flatten(name="flatten"),
-            keras.layers.Dense(4, name="logits",
-                               kernel_initializer=keras.initializers.RandomNormal(stddev=1.0, seed=seed),
-                               bias_initializer=keras.initializers.RandomNormal(stddev=0.5, seed=seed + 1)),
-        ],
-        name="linear",
-    )
 
 
 def compiled(model, lr=0.1):
@@ -267,7 +256,8 @@ def test_inner_pgd_respects_eps_and_clip_range_in_both_norms():
         (lambda b: harden(b, method="pgd", eps=-0.1), r"Received: eps=-0.1"),
         (lambda b: harden(b, method="pgd", eps=0.1, step_size=0.0), r"Received: step_size=0.0"),
         (lambda b: harden(b, method="pgd", eps=0.1, steps=0), r"steps must be a positive integer. Received: steps=0"),
-        (lambda b: harden(b, method="trades", eps=0.1, norm="l1"), r"Unknown norm"),
+        (lambda b: harden(b, method="trades", eps=0.1, norm="l1"),
+         r"Unknown norm\. Expected one of \['linf', 'l2'\]\. Received: norm='l1'"),
         (lambda b: harden(b, method="datagrad", p=3), r"Unknown norm order p. Expected one of \[1, 2\]. Received: p=3"),
         (lambda b: harden(b, method="datagrad", penalty_weight=-1.0), r"Received: weight=-1.0"),
         (lambda b: PenaltyWarmup("input_gradient", 0.1, start_epoch=5, end_epoch=2),

@@ -8,23 +8,12 @@ import tensorflow as tf
 
 from gfa_keras import FGSM, NFGSM, PGD, HardenedModel
 
+from conftest import random_linear_model as linear_model
+
 RNG = np.random.default_rng(3)
 X = RNG.uniform(0.0, 1.0, size=(12, 2, 3)).astype("float32")
 Y = RNG.integers(0, 4, size=12).astype("int32")
 EPS = 0.1
-
-
-def linear_model(seed=0):
-    return keras.Sequential(
-        [
-            keras.Input((2, 3)),
-            keras.layers.Flatten(),
-            keras.layers.Dense(4, name="logits",
-                               kernel_initializer=keras.initializers.RandomNormal(stddev=1.0, seed=seed),
-                               bias_initializer=keras.initializers.RandomNormal(stddev=0.5, seed=seed + 1)),
-        ],
-        name="linear",
-    )
 
 
 def softmax(z):

@@ -8,24 +8,13 @@ import tensorflow as tf
 
 from gfa_keras import NFGSM, GradAlign, GradientFeatureAlignment, HardenedModel
 
+from conftest import random_linear_model as linear_model
+
 RNG = np.random.default_rng(5)
 X = RNG.uniform(0.0, 1.0, size=(10, 2, 3)).astype("float32")
 Y = RNG.integers(0, 4, size=10).astype("int32")
 ETA = RNG.uniform(-1.0, 1.0, size=X.shape).astype("float32")
 EPS = 0.3
-
-
-def linear_model(seed=0):
-    return keras.Sequential(
-        [
-            keras.Input((2, 3)),
-            keras.layers.Flatten(),
-            keras.layers.Dense(4, name="logits",
-                               kernel_initializer=keras.initializers.RandomNormal(stddev=1.0, seed=seed),
-                               bias_initializer=keras.initializers.RandomNormal(stddev=0.5, seed=seed + 1)),
-        ],
-        name="linear",
-    )
 
 
 def compiled(model, lr=0.1):

@@ -143,16 +143,18 @@ def test_a_search_where_every_trial_failed_raises_why(data, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
-    ({"penalty_weight": (1.0, 1e-4)}, ValueError, "0 < low < high"),
+    ({"penalty_weight": (1.0, 1e-4)}, ValueError, r"0 < low < high.*Received: penalty_weight=\(1\.0, 0\.0001\)"),
     ({"penalty_weight": (0.01, 0.01)}, ValueError, "0 < low < high"),
     ({"penalty_weight": (0.0, 1.0)}, ValueError, "0 < low < high"),
     ({"layers": ()}, ValueError, "layers must be a non-empty"),
-    ({"methods": ("gfa", "magic")}, ValueError, "methods must be"),
+    ({"methods": ("gfa", "magic")}, ValueError, r"methods must be a non-empty list of distinct names in .*Received: "
+                                                r"methods=\['gfa', 'magic'\]"),
     ({"objective": "accuracy"}, ValueError, "Unknown objective"),
     ({"objective": "robust_accuracy"}, ValueError, "needs an attack bound"),
     ({"objective": "robust_accuracy", "eps": 0.1, "attack": "no_such_attack"}, ValueError, "Unknown attack"),
     ({"objective": "robust_accuracy", "eps": 0.1, "attack": "deepfool"}, ValueError, "bounded attack"),
-    ({"objective": "alignment", "methods": ("gfa", "pgd")}, ValueError, "only"),
+    ({"objective": "alignment", "methods": ("gfa", "pgd")}, ValueError,
+     r"objective='alignment' needs the alignment, which only .* log\. Received: methods=\['gfa', 'pgd'\]"),
     ({"objective": kt.Objective("val_no_such_metric", "max")}, ValueError, "would report the objective"),
     ({"layers": (3, 7)}, ValueError, "more weighted layers"),
     ({"tuner": "grid"}, ValueError, r"Unknown tuner\. Expected one of \['random', 'bayesian', 'hyperband'\]\. Received: tuner='grid'"),
