@@ -30,7 +30,7 @@ from gfa_keras.training.model import GFAModel, HardenedModel, check_base_model, 
 from gfa_keras.training.perturbations import PGD
 from gfa_keras.training.regularizers import GradientFeatureAlignment, InputGradientNorm, TradesKL
 from gfa_keras.training.weight_perturbation import DEFAULT_AWP_GAMMA, AdversarialWeightPerturbation
-from gfa_keras.validation import check_number
+from gfa_keras.validation import check_choice, check_number
 
 __all__ = [
     "METHODS", "DEFAULT_PENALTY_WEIGHTS", "MethodOptions", "MethodSpec", "register_method", "get_method",
@@ -118,9 +118,7 @@ def register_method(spec: MethodSpec, overwrite: bool = False) -> MethodSpec:
 
 def get_method(name: str) -> MethodSpec:
     """The registered method `name`, or a ValueError listing them all."""
-    if name not in METHODS:
-        raise ValueError(f"Unknown method. Expected one of {list(METHODS)}. Received: method={name!r}")
-    return METHODS[name]
+    return METHODS[check_choice("method", name, METHODS)]
 
 
 def _steps(options, default):
