@@ -10,11 +10,15 @@ from linear_attack_cases import (
     EPS,
     L2_DIRECTION,
     LINF_CORNER,
+    W,
     X,
     Y,
     accuracy,
     call_with,
     linear_model,
+    linf_breakable,
+    linf_target_margin,
+    ten_class_case,
 )
 
 from gfa_keras.attacks import ATTACKS, apgd_ce, apgd_t, fgsm, perturbation_norms, pgd
@@ -113,7 +117,9 @@ def test_batches_of_one_and_of_varying_size(norm, trained_digits_model, digits):
             assert x_adv.shape == x[:n].shape
 
 
-def test_apgd_beats_pgd_beats_fgsm_and_breaks_an_undefended_model(trained_digits_model, digits):
+def test_apgd_beats_pgd_beats_fgsm_on_an_undefended_model(trained_digits_model, digits):
+    # Croce & Hein's claim and the iterative-beats-single-step check of Carlini et al.:
+    # an ordering between attacks, with no threshold of its own.
     _, (x, y) = digits
     x, y = x[:200], y[:200]
     model = trained_digits_model
@@ -121,26 +127,50 @@ def test_apgd_beats_pgd_beats_fgsm_and_breaks_an_undefended_model(trained_digits
     after_fgsm = accuracy(model, fgsm(model, x, y, eps=0.1), y)
     after_pgd = accuracy(model, pgd(model, x, y, eps=0.1, steps=20), y)
     after_apgd = accuracy(model, apgd_ce(model, x, y, eps=0.1, steps=20), y)
-    assert after_apgd <= after_pgd <= after_fgsm < clean - 0.3
-    assert accuracy(model, apgd_ce(model, x, y, eps=0.3, steps=20), y) <= 0.01
+    assert after_apgd <= after_pgd <= after_fgsm < clean
 
 
-def test_apgd_t_is_as_strong_as_apgd_ce(trained_digits_model, digits):
-    _, (x, y) = digits
-    x, y = x[:100], y[:100]
-    model = trained_digits_model
-    after_ce = accuracy(model, apgd_ce(model, x, y, eps=0.1, steps=20), y)
-    after_t = accuracy(model, apgd_t(model, x, y, eps=0.1, steps=20, num_target_classes=3), y)
-    assert after_t <= after_ce + 0.02
+def test_apgd_ce_breaks_exactly_the_breakable_points_of_a_binary_linear_model():
+    # For two classes the cross-entropy's input gradient always points along
+    # w_other - w_y, so the loss is maximized in the ball and the box by the corner
+    # that moves each coordinate to its bound in that direction, the same corner that
+    # maximizes z_other - z_y: a point can be broken exactly when that gain beats the
+    # margin (linf_breakable, in closed form). 200 random points, 24% breakable.
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0.0, 1.0, (200, 4)).astype("float32")
+    bias = np.array([0.5, 0.0], "float32")
+    model = linear_model(bias=bias)
+    y = np.argmax(x @ W + bias, axis=1).astype("int32")
+    _, breakable = linf_breakable(x, y, 0.1, W, bias)
+    fooled = np.argmax(model(apgd_ce(model, x, y, eps=0.1, steps=10)), axis=1) != y
+    np.testing.assert_array_equal(fooled, breakable)
 
 
-def test_explicit_targets_are_reached(trained_digits_model, digits):
-    _, (x, y) = digits
-    x, y = x[:40], y[:40]
-    targets = (y + 3) % 10
-    x_adv = apgd_t(trained_digits_model, x, y, eps=0.3, steps=20, targets=targets)
-    hit = np.argmax(trained_digits_model(x_adv), axis=1) == targets
-    assert hit.mean() >= 0.95
+def test_apgd_t_breaks_exactly_the_breakable_points_of_a_ten_class_linear_model():
+    # With ten classes the exact answer is still closed form (linf_breakable): a point
+    # can be broken when some class k's best gain over y in the ball beats z_y - z_k.
+    # APGD-T aims at each of the 9 other classes in turn, so it reaches that corner for
+    # the right k; APGD-CE follows the softmax-weighted gradient and can miss it, but
+    # can never break more than the exact set. So APGD-T is at least as strong.
+    model, x, y = ten_class_case()
+    _, breakable = linf_breakable(x, y, 0.14)
+    assert 0.5 < breakable.mean() < 0.9
+    fooled_t = np.argmax(model(apgd_t(model, x, y, eps=0.14, steps=100)), axis=1) != y
+    fooled_ce = np.argmax(model(apgd_ce(model, x, y, eps=0.14, steps=100)), axis=1) != y
+    np.testing.assert_array_equal(fooled_t, breakable)
+    assert not np.any(fooled_ce & ~breakable)
+
+
+def test_explicit_targets_are_reached_exactly_where_reachable():
+    # A target t can be made the prediction in the ball exactly when the linear program
+    # max_d min_{j != t} (z_t - z_j)(x + d) over the ball and the box has a positive
+    # value (linf_target_margin); APGD-T with explicit targets must hit those, no others.
+    model, x, y = ten_class_case()
+    targets = (y + np.random.default_rng(5).integers(1, 10, len(y))) % 10
+    reachable = linf_target_margin(x, y, targets, 0.2) > 0
+    assert 0.3 < reachable.mean() < 0.7
+    x_adv = apgd_t(model, x, y, eps=0.2, steps=100, targets=targets)
+    np.testing.assert_array_equal(np.argmax(model(x_adv), axis=1) == targets, reachable)
 
 
 def test_same_seed_same_result_other_seed_other_start(trained_digits_model, digits):

@@ -139,14 +139,26 @@ def test_bad_inputs_raise_value_error(attack, override, message):
 
 @pytest.mark.parametrize("attack", [fgsm, pgd, bim, mim])
 def test_unknown_norm_raises_value_error(attack):
-    with pytest.raises(ValueError, match="Unknown norm"):
+    with pytest.raises(ValueError, match=r"Unknown norm\. Expected one of \['linf', 'l2'\]\. Received: norm='l1'"):
         attack(linear_model(), X, Y, eps=EPS, norm="l1")
 
 
-@pytest.mark.parametrize("option", [dict(steps=0), dict(restarts=0), dict(step_size=-1.0)])
-def test_bad_pgd_options_raise_value_error(option):
-    with pytest.raises(ValueError, match=next(iter(option))):
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (dict(steps=0), r"steps must be a positive integer\. Received: steps=0"),
+        (dict(restarts=0), r"restarts must be a positive integer\. Received: restarts=0"),
+        (dict(step_size=-1.0), r"step_size must be a finite number > 0\. Received: step_size=-1\.0"),
+    ],
+)
+def test_bad_pgd_options_raise_value_error(option, message):
+    with pytest.raises(ValueError, match=message):
         pgd(linear_model(), X, Y, eps=EPS, **option)
+
+
+def test_bad_mim_decay_factor_raises_value_error():
+    with pytest.raises(ValueError, match=r"decay_factor must be a finite number >= 0\. Received: decay_factor=-0\.5"):
+        mim(linear_model(), X, Y, eps=EPS, decay_factor=-0.5)
 
 
 @pytest.mark.parametrize("attack", [pgd, bim, mim])

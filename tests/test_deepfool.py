@@ -79,18 +79,19 @@ def test_unbounded_deepfool_fools_trained_model_everywhere(trained_digits_model,
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    "kwargs, message",
     [
-        {"steps": 0},
-        {"overshoot": -0.1},
-        {"num_candidate_classes": 1},
-        {"norm": "l1"},
-        {"eps": -1.0},
+        ({"steps": 0}, r"steps must be a positive integer\. Received: steps=0"),
+        ({"overshoot": -0.1}, r"overshoot must be a finite number >= 0\. Received: overshoot=-0\.1"),
+        ({"num_candidate_classes": 1},
+         r"num_candidate_classes must be an integer >= 2\. Received: num_candidate_classes=1"),
+        ({"norm": "l1"}, r"Unknown norm\. Expected one of \['linf', 'l2'\]\. Received: norm='l1'"),
+        ({"eps": -1.0}, r"eps must be a finite number >= 0\. Received: eps=-1\.0"),
     ],
 )
-def test_invalid_options_raise(kwargs):
+def test_invalid_options_raise(kwargs, message):
     x, y = linear_points()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=message):
         deepfool(linear_model(), x, y, clip_min=-10, clip_max=10, **kwargs)
 
 

@@ -88,19 +88,19 @@ def test_eps_bounds_results_and_zero_eps_returns_x():
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    "kwargs, message",
     [
-        {"steps": 0},
-        {"binary_search_steps": 0},
-        {"beta": -1.0},
-        {"initial_const": 0.0},
-        {"confidence": -1.0},
-        {"learning_rate": 0.0},
-        {"decision_rule": "L2"},
-        {"targets": np.full(6, 7, "int32")},
+        ({"steps": 0}, r"steps must be a positive integer\. Received: steps=0"),
+        ({"binary_search_steps": 0}, r"binary_search_steps must be a positive integer\. Received: binary_search_steps=0"),
+        ({"beta": -1.0}, r"beta must be a finite number >= 0\. Received: beta=-1\.0"),
+        ({"initial_const": 0.0}, r"initial_const must be a finite number > 0\. Received: initial_const=0\.0"),
+        ({"confidence": -1.0}, r"confidence must be a finite number >= 0\. Received: confidence=-1\.0"),
+        ({"learning_rate": 0.0}, r"learning_rate must be a finite number > 0\. Received: learning_rate=0\.0"),
+        ({"decision_rule": "L2"}, r"Unknown decision_rule\. Expected one of \['EN', 'L1'\]\. Received: decision_rule='L2'"),
+        ({"targets": np.full(6, 7, "int32")}, r"targets must lie in \[0, 2\]\. Received: \[7, 7, 7, 7, 7, 7\]"),
     ],
 )
-def test_invalid_options_raise(kwargs):
+def test_invalid_options_raise(kwargs, message):
     x, y = linear_points()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=message):
         ead(linear_model(), x, y, **BOX, **kwargs)

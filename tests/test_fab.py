@@ -106,21 +106,22 @@ def test_eps_bounds_results_and_zero_eps_returns_x(trained_digits_model, digits)
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    "kwargs, message",
     [
-        {"steps": 0},
-        {"restarts": 0},
-        {"alpha_max": 1.5},
-        {"eta": 0.5},
-        {"beta": 0.0},
-        {"norm": "l1"},
-        {"targets": np.full(5, 1, "int32")},  # wrong length
-        {"targets": np.full(6, 3, "int32")},  # no such class
+        ({"steps": 0}, r"steps must be a positive integer\. Received: steps=0"),
+        ({"restarts": 0}, r"restarts must be a positive integer\. Received: restarts=0"),
+        ({"alpha_max": 1.5}, r"alpha_max must be a finite number >= 0 and <= 1\. Received: alpha_max=1\.5"),
+        ({"eta": 0.5}, r"eta must be a finite number >= 1\. Received: eta=0\.5"),
+        ({"beta": 0.0}, r"beta must be a finite number > 0 and <= 1\. Received: beta=0\.0"),
+        ({"norm": "l1"}, r"Unknown norm\. Expected one of \['linf', 'l2'\]\. Received: norm='l1'"),
+        ({"targets": np.full(5, 1, "int32")}, r"targets must be integer class labels of the shape of y\. "
+                                              r"Received: targets\.dtype=int32, targets\.shape=\(5,\), y\.shape=\(6,\)"),
+        ({"targets": np.full(6, 3, "int32")}, r"targets must lie in \[0, 2\]\. Received: \[3, 3, 3, 3, 3, 3\]"),
     ],
 )
-def test_invalid_options_raise(kwargs):
+def test_invalid_options_raise(kwargs, message):
     x, y = linear_points()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=message):
         fab(linear_model(), x, y, clip_min=-10.0, clip_max=10.0, **kwargs)
 
 

@@ -157,10 +157,10 @@ def test_eps_zero_returns_x(trained_digits_model, digits):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"eps": None}, "eps"),
-        ({"eps": 0.1, "steps": 0}, "steps"),
-        ({"eps": 0.1, "p_init": 0.0}, "p_init"),
-        ({"eps": 0.1, "norm": "l1"}, "norm"),
+        ({"eps": None}, r"needs a perturbation bound\. Received: eps=None"),
+        ({"eps": 0.1, "steps": 0}, r"steps must be a positive integer\. Received: steps=0"),
+        ({"eps": 0.1, "p_init": 0.0}, r"p_init must be a finite number > 0 and <= 1\. Received: p_init=0\.0"),
+        ({"eps": 0.1, "norm": "l1"}, r"Unknown norm\. Expected one of \['linf', 'l2'\]\. Received: norm='l1'"),
         ({"eps": 0.1, "rescale_schedule": "yes"}, r"Unknown rescale_schedule. Expected one of \[False, True\]"),
     ],
 )
@@ -172,7 +172,7 @@ def test_invalid_options_raise(trained_digits_model, digits, kwargs, match):
 
 def test_non_image_input_raises(digits):
     _, (x, y) = digits
-    with pytest.raises(ValueError, match="images"):
+    with pytest.raises(ValueError, match=r"square needs a batch of images \[batch, height, width\(, channels\)\]\. Received: x\.shape=\(4, 64\)"):
         square(lambda v: v, x[:4].reshape(4, -1), y[:4], eps=0.1)
 
 

@@ -1,6 +1,10 @@
 """Adversarial attacks with one flat signature, registered by name in `ATTACKS`.
 
-See `gfa_keras.attacks.base` for the signature every attack follows.
+Owns the attacks: `base` (the signature, input checks, the registry), `_common` (the
+shape every attack's code follows and the pieces written once), one module per attack
+family. May import `gfa_keras.validation`, `gfa_keras.threat_model` and cleverhans;
+never training, evaluation, tuning or reports. See `gfa_keras.attacks.base` for the
+signature every attack follows.
 """
 import importlib
 
