@@ -81,7 +81,14 @@ RECIPES = {
     "trades_awp_ema": dict(harden=dict(method="trades", awp_gamma=5e-3, ema_momentum=0.999),
                            passes="12 + 2 forward"),
     "pgd5_awp_ema": dict(harden=dict(method="pgd", steps=5, awp_gamma=5e-3, ema_momentum=0.999), passes="7"),
-    "recommended": dict(harden=dict(method="recommended"), passes="see the registry"),
+    # Single-step recipes (the methods `singlestep` registers): one gradient pass for the
+    # perturbation; GradAlign and GFA add double backpropagation.
+    "fgsm_rs": dict(harden=dict(method="fgsm_rs"), passes="2"),
+    "n_fgsm": dict(harden=dict(method="n_fgsm"), passes="2"),
+    "n_fgsm_gradalign": dict(harden=dict(method="n_fgsm_gradalign"), passes="2 + 2 double-backprop"),
+    "n_fgsm_gfa": dict(harden=dict(method="n_fgsm_gfa", layers=1), passes="2 + 1 double-backprop"),
+    "n_fgsm_awp_ema": dict(harden=dict(method="n_fgsm", awp_gamma=5e-3, ema_momentum=0.999), passes="3"),
+    "recommended": dict(harden=dict(method="recommended"), passes="9 (PGD-7 + AWP)"),
 }
 REFERENCE = "pgd"
 
@@ -144,6 +151,18 @@ def held_out(model, x_val, y_val, eps):
     return report.clean_accuracy, report.worst_case_accuracy[0], time.perf_counter() - start
 
 
+def held_out_epoch(progress, model, directory, x_val, y_val, eps):
+    """The held-out evaluation of the epoch just finished; keeps best.keras up to date."""
+    clean, robust, seconds = held_out(model, x_val, y_val, eps)
+    progress["held_out_seconds"].append(seconds)
+    progress["held_out"].append(dict(clean=clean, apgd_ce=robust))
+    best = progress["best_epoch"]
+    if best is None or robust > progress["held_out"][best - 1]["apgd_ce"]:
+        save_model(model, directory / "best.keras")
+        progress["best_epoch"] = len(progress["held_out"])
+    write_json(directory / "progress.json", progress)
+
+
 def train(args, recipe, seed):
     """Trains one (recipe, seed) epoch by epoch; a checkpoint after each epoch."""
     directory = run_dir(args.runs, args.dataset, recipe, seed)
@@ -159,26 +178,23 @@ def train(args, recipe, seed):
                         optimizer=f"Adam({LEARNING_RATE})", epochs_done=0, epoch_seconds=[],
                         epoch_finished_at=[], held_out_seconds=[], history=[], held_out=[],
                         best_epoch=None, command=" ".join(sys.argv))
+    if len(progress["held_out"]) < progress["epochs_done"]:
+        held_out_epoch(progress, model, directory, x_val, y_val, settings["eps"])  # killed before it ran
     for epoch in range(progress["epochs_done"], args.epochs):
         keras.utils.set_random_seed(1000 * seed + epoch)  # the same shuffles whether resumed or not
         start = time.perf_counter()
         history = model.fit(x, y, batch_size=BATCH_SIZE, epochs=1, verbose=2 if args.verbose else 0)
         seconds = time.perf_counter() - start
-        clean, robust, held_seconds = held_out(model, x_val, y_val, settings["eps"])
+        # The epoch is saved before anything else can fail.
+        save_model(model, directory / "model.keras")
         progress["epoch_seconds"].append(seconds)
         progress["epoch_finished_at"].append(time.strftime("%Y-%m-%d %H:%M:%S"))
-        progress["held_out_seconds"].append(held_seconds)
         progress["history"].append({k: float(v[-1]) for k, v in history.history.items()})
-        progress["held_out"].append(dict(clean=clean, apgd_ce=robust))
-        best = progress["best_epoch"]
-        if best is None or robust > progress["held_out"][best - 1]["apgd_ce"]:
-            save_model(model, directory / "best.keras")
-            progress["best_epoch"] = epoch + 1
-        save_model(model, directory / "model.keras")
         progress["epochs_done"] = epoch + 1
         write_json(directory / "progress.json", progress)
+        held_out_epoch(progress, model, directory, x_val, y_val, settings["eps"])
         print(f"[{args.dataset} {recipe} seed{seed}] epoch {epoch + 1}/{args.epochs}: {seconds:.0f}s train, "
-              f"{held_seconds:.0f}s held-out; held-out clean {clean:.3f} APGD-CE-10 {robust:.3f}; "
+              f"{progress['held_out_seconds'][-1]:.0f}s held-out; {progress['held_out'][-1]}; "
               f"{progress['history'][-1]}", flush=True)
     return progress
 

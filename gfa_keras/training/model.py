@@ -124,7 +124,10 @@ class HardenedModel(keras.Model):
             (what `evaluate`, `predict` and `save` use); the next `fit` swaps the trained
             weights back in and goes on from them. Validation during `fit` (`val_*`) sees
             the trained, not the averaged, weights; `averaged_weights()` swaps them in
-            for a callback.
+            for a callback. (Keras' own `use_ema` optimizer option is not used: it averages
+            only the variables it trains, not batch-norm statistics, and at the end of
+            every `fit` it overwrites the trained weights with the average, so a resumed
+            `fit` would go on from the average.)
         **kwargs: Passed to `keras.Model` (e.g. `name`).
 
     Logged metrics: `loss` (total), `task_loss`, `<name>_penalty` for each regularizer
