@@ -49,7 +49,9 @@ def square(
     window into a first one, where it adds a new pseudo-Gaussian bump; the
     result is rescaled onto the sphere of radius `eps`. An update is kept when
     it lowers the margin loss `z_y - max_{k != y} z_k` (with `targets`:
-    `max_{k != t} z_k - z_t`). Only examples not yet fooled are queried.
+    `max_{k != t} z_k - z_t`, where the reference would use the cross-entropy to
+    the target; AutoAttack's standard version runs Square untargeted). Only
+    examples not yet fooled are queried.
 
     The window covers a fraction `p` of the image: `p_init` at first, halved
     after queries 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 (the
