@@ -8,6 +8,7 @@ not the absolute times.
     python benchmarks/step_cost.py              # all methods, 30 rounds
     python benchmarks/step_cost.py --rounds 10 --methods standard gfa1 gfa3 pgd7
     python benchmarks/step_cost.py --jit        # also each method with jit_compile=True (XLA)
+    python benchmarks/step_cost.py --methods pgd7 fgsm_rs n_fgsm n_fgsm_gradalign n_fgsm_gfa3  # single-step
 
 Targets (issue 2): GFA(3) <= 2.5x plain, GFA(3) <= 1.15x GFA(1).
 """
@@ -39,6 +40,10 @@ METHODS = {
     "pgd7_awp": dict(method="pgd", eps=EPS, steps=7, awp_gamma=5e-3),
     "pgd7_ema": dict(method="pgd", eps=EPS, steps=7, ema_momentum=0.999),
     "recommended": dict(method="recommended", eps=EPS),
+    "fgsm_rs": dict(method="fgsm_rs", eps=EPS),
+    "n_fgsm": dict(method="n_fgsm", eps=EPS),
+    "n_fgsm_gradalign": dict(method="n_fgsm_gradalign", eps=EPS),
+    "n_fgsm_gfa3": dict(method="n_fgsm_gfa", layers=3, eps=EPS),
 }
 
 

@@ -3,7 +3,9 @@ robust they are.
 
 - `harden(model, layers=3)`: layer-wise Gradient-Feature Alignment (and, with
   `method=`, PGD adversarial training, TRADES, DataGrad, the hybrid, GFA + PGD, and
-  "recommended": PGD training with adversarial weight perturbation and weight averaging).
+  "recommended": PGD training with adversarial weight perturbation and weight averaging;
+  single-step training: FGSM with random start, N-FGSM, N-FGSM + GradAlign, N-FGSM + GFA).
+- `CatastrophicOverfittingMonitor`, `CollapseGuard`: callbacks that watch training fail.
 - `HardenedModel(base, perturbation=..., regularizers=[...])`: compose your own.
 - `fit_resumable(model, x, y, directory=..., epochs=...)`: `fit` with a checkpoint per epoch
   that a rerun continues from.
@@ -23,6 +25,8 @@ imported when first used.
 import importlib
 
 from gfa_keras.training import (
+    CatastrophicOverfittingMonitor,
+    CollapseGuard,
     FGSM,
     AdversarialWeightPerturbation,
     NFGSM,
@@ -88,6 +92,8 @@ __all__ = [
     "GradAlign",
     "PenaltyWarmup",
     "CyclicLearningRate",
+    "CatastrophicOverfittingMonitor",
+    "CollapseGuard",
     "RobustAccuracy",
     "RobustEarlyStopping",
     "tune",

@@ -166,3 +166,32 @@ def test_single_step_models_save_load_and_resume(make, tmp_path):
 def test_bad_arguments_raise_clear_errors_before_training(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_harden_builds_the_single_step_methods():
+    from gfa_keras import GradAlign, GradientFeatureAlignment, harden
+
+    fgsm_rs = harden(linear_model(), method="fgsm_rs", eps=8 / 255)
+    assert type(fgsm_rs.perturbation) is FGSM and fgsm_rs.perturbation.random_start
+    assert fgsm_rs.perturbation.step_size == pytest.approx(10 / 255) and fgsm_rs.regularizers == []
+    n_fgsm = harden(linear_model(), method="n_fgsm", eps=8 / 255, step_size=6 / 255)
+    assert type(n_fgsm.perturbation) is NFGSM and n_fgsm.perturbation.step_size == pytest.approx(6 / 255)
+    gradalign = harden(linear_model(), method="n_fgsm_gradalign", eps=8 / 255)
+    (regularizer,) = gradalign.regularizers
+    assert type(regularizer) is GradAlign and regularizer.weight == 0.2 and regularizer.eps == pytest.approx(8 / 255)
+    gfa = harden(linear_model(), method="n_fgsm_gfa", eps=8 / 255, layers=1, penalty_weight=0.05)
+    assert type(gfa.perturbation) is NFGSM
+    assert type(gfa.regularizers[0]) is GradientFeatureAlignment and gfa.regularizers[0].weight == 0.05
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"method": "n_fgsm"}, r"method='n_fgsm' trains against perturbations and needs their radius.*Received: eps=None"),
+    ({"method": "fgsm_rs", "eps": 0.1, "step_size": 0}, r"step_size must be a finite number > 0. Received: step_size=0"),
+    ({"method": "n_fgsm_gradalign", "eps": 0.1, "step_size": float("nan")}, r"Received: step_size=nan"),
+    ({"method": "n_fgsm_gradalign", "eps": 0.1, "penalty_weight": -1.0}, r"Received: weight=-1.0"),
+])
+def test_harden_rejects_bad_single_step_settings_before_training(kwargs, message):
+    from gfa_keras import harden
+
+    with pytest.raises(ValueError, match=message):
+        harden(linear_model(), **kwargs)

@@ -69,9 +69,11 @@ def _options(**kwargs):
 def test_search_reports_the_trials_own_values_and_the_robust_objective_matches_an_evaluation(data, tmp_path):
     x, y, validation = data
     _RecordTrials.fits = []
+    # Betas up to 0.1: above that GFA DEEP collapses this MLP within 2 epochs and the
+    # CollapseGuard fails the trial (tested in test_monitors.py).
     result = tune(make_mlp, x, y, validation_data=validation, objective="robust_accuracy", eps=EPS,
                   attack_steps=3, layers=(1, 3), max_trials=3, directory=tmp_path, callbacks=[_RecordTrials()],
-                  **_options())
+                  penalty_weight=(1e-4, 0.1), **_options())
     assert [t["status"] for t in result.trials] == ["COMPLETED"] * 3
     assert len(_RecordTrials.fits) == 3
     for trial, epochs in zip(result.trials, _RecordTrials.fits):

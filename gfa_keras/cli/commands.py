@@ -208,7 +208,7 @@ def _add_training_flags(parser):
                        help="GFA taps: N first weighted layers (1 = FIRST, 3 = DEEP) or comma-separated "
                             "layer names (default: 3)")
     group.add_argument("--eps", type=_positive_float, metavar="EPS",
-                       help="training perturbation radius for pgd, trades, hybrid, gfa_pgd (pixel scale)")
+                       help="training perturbation radius for the adversarial methods (pixel scale)")
     group.add_argument("--steps", type=_positive_int, help="training attack steps (default: 7, TRADES 10)")
     group.add_argument("--loss", choices=("crossentropy", "mse"), default="crossentropy",
                        help="task loss: cross-entropy on logits, or the paper's MSE on one-hot labels")

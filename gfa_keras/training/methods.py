@@ -14,8 +14,15 @@ method with `register_method`.
 | "datagrad"    | none         | InputGradientNorm(p)                      | lambda               |
 | "hybrid"      | PGD          | InputGradientNorm(p=2, squared), at x_adv | lambda               |
 | "gfa_pgd"     | PGD          | GradientFeatureAlignment(layers), at x_adv| beta                 |
+| "fgsm_rs"     | FGSM, random start, step 1.25 eps (Wong et al. 2020) | none | (unused)    |
+| "n_fgsm"      | NFGSM: noise 2 eps, step eps, no projection (de Jorge et al. 2022) | none | (unused) |
+| "n_fgsm_gradalign" | NFGSM   | GradAlign(eps), at the clean x            | GradAlign's lambda   |
+| "n_fgsm_gfa"  | NFGSM        | GradientFeatureAlignment(layers), at x_adv| beta                 |
 | "standard"    | none         | none (plain training, for comparison)     | (unused)             |
 | "recommended" | PGD          | none; AWP gamma 5e-3 and EMA 0.999        | (unused)             |
+
+The single-step methods cost one forward-backward pass for the perturbation (PGD-7
+costs seven); `step_size` overrides their step, and `steps` does not apply.
 
 Every method also takes `awp_gamma` (adversarial weight perturbation, Wu et al. 2020)
 and `ema_momentum` (an exponential moving average of the weights, batch-norm statistics
@@ -27,8 +34,8 @@ import dataclasses
 from typing import Callable
 
 from gfa_keras.training.model import GFAModel, HardenedModel, check_base_model, require_tensorflow_backend
-from gfa_keras.training.perturbations import PGD
-from gfa_keras.training.regularizers import GradientFeatureAlignment, InputGradientNorm, TradesKL
+from gfa_keras.training.perturbations import FGSM, NFGSM, PGD
+from gfa_keras.training.regularizers import GradAlign, GradientFeatureAlignment, InputGradientNorm, TradesKL
 from gfa_keras.training.weight_perturbation import DEFAULT_AWP_GAMMA, AdversarialWeightPerturbation
 from gfa_keras.validation import check_choice, check_number
 
@@ -129,6 +136,14 @@ def _pgd(options):
     return PGD(options.eps, step_size=options.step_size, steps=_steps(options, 7), **options.ball)
 
 
+def _fgsm_rs(options):
+    return FGSM(options.eps, random_start=True, step_size=options.step_size, **options.ball)
+
+
+def _n_fgsm(options):
+    return NFGSM(options.eps, step_size=options.step_size, **options.ball)
+
+
 def _build_gfa(base, options, **kwargs):
     return GFAModel(base, layers=options.layers, penalty_weight=options.penalty_weight, epsilon=options.epsilon,
                     **kwargs)
@@ -166,6 +181,19 @@ for _spec in (
                                                                             o.epsilon)]),
                0.01, True, _ALIGNMENT_LOGS, aligned=True,
                description="PGD training + GFA at the PGD points"),
+    MethodSpec("fgsm_rs", _wrapper(_fgsm_rs), None, True, (),
+               description="single-step training: FGSM from a random start, step 1.25 eps (Wong et al. 2020)"),
+    MethodSpec("n_fgsm", _wrapper(_n_fgsm), None, True, (),
+               description="single-step training: N-FGSM, noise 2 eps, step eps, no projection "
+                           "(de Jorge et al. 2022)"),
+    MethodSpec("n_fgsm_gradalign", _wrapper(_n_fgsm, [lambda o: GradAlign(o.penalty_weight, o.eps, **o.ball)]),
+               0.2, True, ("gradalign_penalty", "gradalign_weight", "gradient_cosine"),
+               description="N-FGSM + GradAlign's input-gradient cosine penalty (Andriushchenko & Flammarion "
+                           "2020)"),
+    MethodSpec("n_fgsm_gfa", _wrapper(_n_fgsm, [lambda o: GradientFeatureAlignment(o.layers, o.penalty_weight,
+                                                                                  o.epsilon)]),
+               0.01, True, _ALIGNMENT_LOGS, aligned=True,
+               description="N-FGSM + GFA at the N-FGSM points"),
     MethodSpec("standard", _wrapper(), None, False, (), description="plain training, for comparison"),
     MethodSpec("recommended", _wrapper(_pgd), None, True, ("awp_norm", "awp_loss_gain"),
                description="PGD-7 training with adversarial weight perturbation (gamma 5e-3) and an "
@@ -191,17 +219,19 @@ def harden(model, layers=3, penalty_weight: float | None = None, *, method: str 
 
     Args:
         model: A built Keras 3 classifier (outputs logits) whose weights are shared.
-        layers: For "gfa"/"gfa_pgd": an int N (the inputs of the first N weighted
+        layers: For "gfa"/"gfa_pgd"/"n_fgsm_gfa": an int N (the inputs of the first N weighted
             layers; 1 = the input image, the paper's FIRST; 3 = DEEP) or layer names or
             layer objects.
         penalty_weight: The weight of the method's regularizer (see the module table);
-            default per method: gfa 0.01, trades 6.0, datagrad 0.01, hybrid 0.1, gfa_pgd 0.01.
+            default per method: gfa 0.01, trades 6.0, datagrad 0.01, hybrid 0.1, gfa_pgd 0.01,
+            n_fgsm_gradalign 0.2 (GradAlign's lambda for CIFAR-10 at 8/255), n_fgsm_gfa 0.01.
         method: One of `METHODS`. "recommended" is the library's best measured recipe
             against AutoAttack: PGD-7 training with AWP (gamma 5e-3) and weight averaging
             (momentum 0.999); docs/RESULTS.md has the measurements.
         eps: Perturbation radius in pixel scale, required by the adversarial methods
             (e.g. 8/255 for CIFAR-10, 0.1 for Fashion-MNIST, Linf).
-        step_size: Attack step; default 2.5 * eps / steps.
+        step_size: Attack step, > 0; default 2.5 * eps / steps for PGD, 1.25 eps for
+            "fgsm_rs", eps for the N-FGSM methods.
         steps: Attack steps; default 7 (PGD training) or 10 (TRADES).
         norm: "linf" or "l2".
         p: DataGrad's norm, 1 or 2.
@@ -220,7 +250,8 @@ def harden(model, layers=3, penalty_weight: float | None = None, *, method: str 
 
     Raises:
         ValueError: For an unknown method, a non-Keras or unbuilt model, bad `layers`,
-            a negative or non-finite weight, a missing or non-positive eps, steps < 1,
+            a negative or non-finite weight, a missing or non-positive eps, a step size
+            <= 0 or not finite, steps < 1,
             p not in {1, 2}, awp_gamma <= 0 or non-finite, ema_momentum outside (0, 1).
         RuntimeError: When the Keras backend is not TensorFlow.
 

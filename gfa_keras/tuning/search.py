@@ -45,6 +45,7 @@ from gfa_keras.validation import check_choice, check_eps, check_int, check_numbe
 from gfa_keras.evaluation.callbacks import RobustAccuracy
 from gfa_keras.training.methods import DEFAULT_PENALTY_WEIGHTS, METHODS, harden
 from gfa_keras.training.model import check_base_model
+from gfa_keras.training.monitors import CollapseGuard, TrainingCollapsedError
 
 __all__ = ["OBJECTIVES", "TUNERS", "DEFAULT_PENALTY_RANGE", "GFAHyperModel", "TuningResult", "tune"]
 
@@ -72,6 +73,8 @@ def _aligned_methods():
 
 
 _NEEDS_ATTACK = ("robust_accuracy", "tradeoff")
+# Validation points the collapse guard predicts on after each epoch.
+_COLLAPSE_POINTS = 1000
 
 
 class GFAHyperModel(kt.HyperModel):
@@ -208,8 +211,9 @@ class GFAHyperModel(kt.HyperModel):
         """Trains `model` with the objective callbacks first; returns the `History`.
 
         Raises:
-            keras_tuner.errors.FailedTrialError: When the loss becomes NaN or infinite
-                (the trial fails, the search goes on).
+            keras_tuner.errors.FailedTrialError: When the loss becomes NaN or infinite, or
+                when training collapses to a constant prediction (`CollapseGuard` on the
+                first 1,000 validation points): the trial fails, the search goes on.
             keras_tuner.errors.FatalValueError: Without `validation_data`, or for the
                 alignment objective without a reference task loss (the search stops).
         """
@@ -222,14 +226,20 @@ class GFAHyperModel(kt.HyperModel):
                 "The 'alignment' objective needs a reference task loss. Expected reference_task_loss=... or a "
                 "call to measure_reference_task_loss(...) before the search (tune() does it). Received: None"
             )
-        ours = [_FailOnDivergence()]
+        ours = [_FailOnDivergence(), CollapseGuard((x_val[:_COLLAPSE_POINTS], y_val[:_COLLAPSE_POINTS]))]
         if self.eps is not None:
             ours.append(RobustAccuracy((x_val, y_val), self.attack, self.eps, self.norm, steps=self.attack_steps,
                                        num_points=self.robust_points, seed=self.seed))
         ours.append(_TrialObjectives(self, x_val, y_val))
         # Keras runs callbacks in list order: ours write the objectives before the
         # user's, Keras Tuner's and its checkpoint read them.
-        return model.fit(*args, validation_data=validation_data, callbacks=ours + list(callbacks or []), **kwargs)
+        try:
+            return model.fit(*args, validation_data=validation_data, callbacks=ours + list(callbacks or []),
+                             **kwargs)
+        except TrainingCollapsedError as e:
+            # A collapsed model scores chance on every objective; failing the trial keeps
+            # it out of the ranking and its message (naming beta) in the summary.
+            raise kt.errors.FailedTrialError(str(e)) from e
 
     def logged_metrics(self, method: str, validation_data, batch_size: int = 32) -> list[str]:
         """The epoch-log keys a trial of `method` reports, from one validation batch (no training).
