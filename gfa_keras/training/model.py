@@ -290,6 +290,8 @@ class HardenedModel(keras.Model):
         `x_train` is the already perturbed batch (else the perturbation runs here);
         `cache` lets regularizers reuse their own attacks' points between the two passes
         of an AWP step."""
+        # With run_eagerly=True Keras hands over NumPy arrays, which tapes cannot watch.
+        x, y = tf.nest.map_structure(tf.convert_to_tensor, (x, y))
         clean_x = x
         if x_train is not None:
             x = x_train

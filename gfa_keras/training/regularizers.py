@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from gfa_keras.threat_model import random_start
 from gfa_keras.training.alignment import alignment_penalty
+from gfa_keras.training.batch_norm import frozen_moving_statistics
 from gfa_keras.training.perturbations import PGD, check_ball, cross_entropy_per_example
 from gfa_keras.training.taps import resolve_tapped_layers
 from gfa_keras.validation import check_choice, check_int, check_number
@@ -216,18 +217,21 @@ class TradesKL(Regularizer):
 
     def penalty(self, step):
         base = step.model.base_model
-        # TRADES' clean term: the step's own predictions unless they were made on a
-        # perturbed batch (TRADES combined with adversarial training).
-        logits_clean = step.y_pred if step.x is step.clean_x else base(step.clean_x, training=step.training)
-        p_clean = tf.nn.softmax(tf.cast(logits_clean, tf.float32))
-        x = tf.stop_gradient(tf.cast(step.clean_x, tf.float32))
-        key = f"{self.name}_x_adv"
-        x_adv = step.cache.get(key)
-        if x_adv is None:
-            x_adv = self.attack(base, x, tf.stop_gradient(p_clean), objective=_kl_per_example,
-                                start=self.attack_start(x))
-            step.cache[key] = x_adv
-        logits_adv = base(x_adv, training=step.training)
+        # The extra training-mode passes normalize with their own batch statistics but
+        # leave the moving ones to the step's training forward pass (batch_norm.py).
+        with frozen_moving_statistics(base):
+            # TRADES' clean term: the step's own predictions unless they were made on a
+            # perturbed batch (TRADES combined with adversarial training).
+            logits_clean = step.y_pred if step.x is step.clean_x else base(step.clean_x, training=step.training)
+            p_clean = tf.nn.softmax(tf.cast(logits_clean, tf.float32))
+            x = tf.stop_gradient(tf.cast(step.clean_x, tf.float32))
+            key = f"{self.name}_x_adv"
+            x_adv = step.cache.get(key)
+            if x_adv is None:
+                x_adv = self.attack(base, x, tf.stop_gradient(p_clean), objective=_kl_per_example,
+                                    start=self.attack_start(x))
+                step.cache[key] = x_adv
+            logits_adv = base(x_adv, training=step.training)
         return tf.reduce_mean(_kl_per_example(p_clean, logits_adv)), {}
 
     def attack_start(self, x):
@@ -324,7 +328,8 @@ class GradAlign(Regularizer):
         x_near = tf.stop_gradient(self.nearby_points(x))
         gradients = []
         for points in (x, x_near):
-            with tf.GradientTape() as tape:
+            # Moving batch-norm statistics are the training forward pass's alone (batch_norm.py).
+            with tf.GradientTape() as tape, frozen_moving_statistics(base):
                 tape.watch(points)
                 loss = tf.reduce_sum(cross_entropy_per_example(step.y, base(points, training=step.training)))
                 loss = loss * tf.cast(scale, loss.dtype)
