@@ -41,8 +41,28 @@ def test_deep_gfa_taps_the_three_dense_layers_of_the_mlp():
     assert list(hardened.tapped_layers) == ["hidden_1", "hidden_2", "logits"]
 
 
+def test_resnet18_is_the_cifar_resnet18():
+    model = build_architecture("resnet18", (32, 32, 3), 10)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    # 1 stem + 8 blocks x 2 convolutions + 3 projection shortcuts; 17 + 1 Dense = the "18".
+    assert len(convs) == 1 + 16 + 3
+    assert sum("shortcut" not in c.name for c in convs) + 1 == 18
+    # The published CIFAR ResNet-18 count (kuangliu/pytorch-cifar): 11,173,962 parameters.
+    assert model.count_params() - sum(
+        int(np.prod(w.shape)) for bn in model.layers if isinstance(bn, keras.layers.BatchNormalization)
+        for w in (bn.moving_mean, bn.moving_variance)) == 11_173_962
+    assert model.get_layer("stage4_block2_out").output.shape == (None, 4, 4, 512)
+    assert model.output_shape == (None, 10)
+
+
+def test_deep_gfa_taps_the_resnet18_stem_and_first_block():
+    hardened = gfa_keras.harden(build_architecture("resnet18", (8, 8, 3), 10), layers=3)
+    assert list(hardened.tapped_layers) == ["stem_conv", "stage1_block1_conv1", "stage1_block1_conv2"]
+
+
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(name="resnet", input_shape=(8, 8, 1), num_classes=10), "Unknown architecture. Expected one of ['mlp', 'small_cnn']. Received: name='resnet'"),
+    (dict(name="resnet", input_shape=(8, 8, 1), num_classes=10), "Unknown architecture. Expected one of ['mlp', 'resnet18', 'small_cnn']. Received: name='resnet'"),
+    (dict(name="resnet18", input_shape=(4, 4, 3), num_classes=10), "at least 8x8"),
     (dict(name="mlp", input_shape=(64,), num_classes=10), "(height, width, channels)"),
     (dict(name="mlp", input_shape=(8, 0, 1), num_classes=10), "positive integers"),
     (dict(name="small_cnn", input_shape=(3, 3, 1), num_classes=10), "at least 4x4"),
@@ -54,5 +74,5 @@ def test_bad_arguments_say_what_was_expected(kwargs, message):
     assert message in str(error.value)
 
 
-def test_registry_lists_both_names():
-    assert sorted(ARCHITECTURES) == ["mlp", "small_cnn"]
+def test_registry_lists_the_three_names():
+    assert sorted(ARCHITECTURES) == ["mlp", "resnet18", "small_cnn"]

@@ -1,4 +1,4 @@
-"""Every training method on the networks Keras users harden: keras.applications ResNet50V2,
+"""Every training method (and the recipes' parts: AWP, weight averaging) on the networks Keras users harden: keras.applications ResNet50V2,
 MobileNetV3Small, EfficientNetB0 (weights=None, 32x32) and a KerasHub ResNet (random weights
 from a config). Nothing is downloaded.
 
@@ -19,7 +19,8 @@ from gfa_keras import harden
 from gfa_keras.training.batch_norm import batch_normalization_layers, frozen_moving_statistics
 from gfa_keras.training.model import HardenedModel
 from gfa_keras.training.perturbations import FGSM, PGD
-from gfa_keras.training.regularizers import GradAlign
+from gfa_keras.training.regularizers import GradAlign, TradesKL
+from gfa_keras.training.weight_perturbation import AdversarialWeightPerturbation
 
 EPS = 8 / 255
 CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -80,6 +81,14 @@ METHODS = {
     "fgsm_gradalign": (lambda base: HardenedModel(base, perturbation=FGSM(EPS),
                                                   regularizers=[GradAlign(weight=0.2, eps=EPS)]),
                        fgsm_reference),
+    # The recommended recipe's parts: AWP's extra ascent pass and the weight average.
+    "pgd_awp_ema": (lambda base: HardenedModel(base, perturbation=PGD(EPS, steps=2, random_start=False),
+                                               weight_perturbation=AdversarialWeightPerturbation(1e-7),
+                                               ema_momentum=0.999),
+                    pgd_reference),
+    "trades_awp": (lambda base: HardenedModel(base, regularizers=[TradesKL(eps=EPS, steps=2)],
+                                              weight_perturbation=AdversarialWeightPerturbation(1e-7)),
+                   clean_reference),
 }
 
 

@@ -93,6 +93,11 @@ def _swap(pairs):
         b.assign(value)
 
 
+def _as_tensors(structure):
+    # With run_eagerly=True Keras hands over NumPy arrays, which tapes cannot watch.
+    return tf.nest.map_structure(lambda v: v if v is None else tf.convert_to_tensor(v), structure)
+
+
 def _serialize(obj):
     return keras.saving.serialize_keras_object(obj)
 
@@ -290,8 +295,6 @@ class HardenedModel(keras.Model):
         `x_train` is the already perturbed batch (else the perturbation runs here);
         `cache` lets regularizers reuse their own attacks' points between the two passes
         of an AWP step."""
-        # With run_eagerly=True Keras hands over NumPy arrays, which tapes cannot watch.
-        x, y = tf.nest.map_structure(tf.convert_to_tensor, (x, y))
         clean_x = x
         if x_train is not None:
             x = x_train
@@ -332,7 +335,7 @@ class HardenedModel(keras.Model):
         return logs
 
     def train_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x, y, sample_weight = _as_tensors(keras.utils.unpack_x_y_sample_weight(data))
         x_train = self.perturbation(self.base_model, x, y) if self.perturbation is not None else x
         cache = {}
         perturbed, deltas = [], []
@@ -425,7 +428,7 @@ class HardenedModel(keras.Model):
             self.use_averaged_weights(True)
 
     def test_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x, y, sample_weight = _as_tensors(keras.utils.unpack_x_y_sample_weight(data))
         total, task_loss, logs, y_pred = self._total_loss(x, y, sample_weight, training=False)
         self._update_trackers(x, total, task_loss, logs)
         # AWP acts in training only: no val_awp_* entries.
