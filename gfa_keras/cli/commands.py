@@ -212,14 +212,21 @@ def _add_training_flags(parser):
     group.add_argument("--steps", type=_positive_int, help="training attack steps (default: 7, TRADES 10)")
     group.add_argument("--loss", choices=("crossentropy", "mse"), default="crossentropy",
                        help="task loss: cross-entropy on logits, or the paper's MSE on one-hot labels")
-    group.add_argument("--epochs", type=_positive_int, default=10, help="total epochs (default: 10)")
+    _add_fit_flags(group, epochs="total epochs", validation_split=0.1,
+                   validation="fraction of the training data held out for val_ metrics",
+                   seed="seed of the weights and the shuffling")
+
+
+def _add_fit_flags(group, *, epochs, validation_split, validation, seed):
+    """The flags `train` and `tune` share for each model.fit; the help texts say what they mean for each."""
+    group.add_argument("--epochs", type=_positive_int, default=10, help=f"{epochs} (default: 10)")
     group.add_argument("--batch-size", type=_positive_int, default=128, help="(default: 128)")
     group.add_argument("--learning-rate", type=_positive_float, default=1e-3, help="Adam's (default: 1e-3)")
-    group.add_argument("--validation-split", type=_fraction, default=0.1,
-                       help="fraction of the training data held out for val_ metrics (default: 0.1)")
+    group.add_argument("--validation-split", type=_fraction, default=validation_split,
+                       help=f"{validation} (default: {validation_split})")
     group.add_argument("--train-limit", type=_positive_int, metavar="N",
-                       help="train on the first N training examples only")
-    group.add_argument("--seed", type=int, default=0, help="seed of the weights and the shuffling (default: 0)")
+                       help="use the first N training examples only")
+    group.add_argument("--seed", type=int, default=0, help=f"{seed} (default: 0)")
 
 
 def _add_tuning_flags(parser):
@@ -245,14 +252,9 @@ def _add_tuning_flags(parser):
                        help="validation points attacked per epoch (default: 200)")
     group.add_argument("--tuner", choices=TUNERS, default="random", help="(default: random)")
     group.add_argument("--trials", type=_positive_int, default=10, help="trials to run (default: 10)")
-    group.add_argument("--epochs", type=_positive_int, default=10, help="epochs per trial (default: 10)")
-    group.add_argument("--batch-size", type=_positive_int, default=128, help="(default: 128)")
-    group.add_argument("--learning-rate", type=_positive_float, default=1e-3, help="Adam's (default: 1e-3)")
-    group.add_argument("--validation-split", type=_fraction, default=0.2,
-                       help="fraction of the training data the objectives are measured on (default: 0.2)")
-    group.add_argument("--train-limit", type=_positive_int, metavar="N",
-                       help="use the first N training examples only")
-    group.add_argument("--seed", type=int, default=0, help="seed of the tuner and the weights (default: 0)")
+    _add_fit_flags(group, epochs="epochs per trial", validation_split=0.2,
+                   validation="fraction of the training data the objectives are measured on",
+                   seed="seed of the tuner and the weights")
 
 
 def _add_common_flags(parser, *, out_required=True):
