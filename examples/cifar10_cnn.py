@@ -82,7 +82,7 @@ def main():
                                                verbose=0)
         landscape = plots.loss_along_directions(base, x_test[:100], y_test[:100])
         report_directory.add_to_report(args.out, label, robustness=report, history=history.history, landscape=landscape,
-                                  training={**options, "epochs": epochs})
+                                       training={**options, "epochs": epochs})
         results[label] = report
 
     # ## Wrap-up

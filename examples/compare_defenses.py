@@ -90,7 +90,7 @@ def main():
         report = gfa_keras.evaluate_robustness(base, (x_test, y_test), attacks, eps=[args.eps / 2, args.eps],
                                                verbose=0)
         report_directory.add_to_report(args.out, label, robustness=report, history=history.history,
-                                  training={**options, "epochs": epochs, "seconds_per_epoch": seconds_per_epoch})
+                                       training={**options, "epochs": epochs, "seconds_per_epoch": seconds_per_epoch})
         results[label] = (report, seconds_per_epoch)
 
     # ## Wrap-up: one table, one chart

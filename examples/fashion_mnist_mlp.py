@@ -79,8 +79,8 @@ def main():
             minimum_norm_attacks=("deepfool",), verbose=0)
         landscape = plots.loss_along_directions(base, x_test[:100], y_test[:100])
         report_directory.add_to_report(args.out, label, robustness=report, history=history.history,
-                                  landscape=landscape, training={"layers": layers, "beta": args.penalty_weight,
-                                                                 "epochs": epochs, "loss": "mse"})
+                                       landscape=landscape, training={"layers": layers, "beta": args.penalty_weight,
+                                                                      "epochs": epochs, "loss": "mse"})
         results[label] = report
 
     # ## Wrap-up: one table, and the report with every plot

@@ -70,9 +70,9 @@ def main():
     report = gfa_keras.evaluate_robustness(best, data.test, "fast" if args.fast else "autoattack",
                                            eps=[args.eps], verbose=0)
     report_directory.add_to_report(args.out, "best", robustness=report, training=result.best_hyperparameters,
-                              tuning={"objective": result.objective, "direction": result.direction,
-                                      "best_hyperparameters": result.best_hyperparameters,
-                                      "trials": result.trials})
+                                   tuning={"objective": result.objective, "direction": result.direction,
+                                           "best_hyperparameters": result.best_hyperparameters,
+                                           "trials": result.trials})
     paths = report_directory.render_report(args.out)
 
     # ## Wrap-up

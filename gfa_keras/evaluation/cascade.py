@@ -66,9 +66,11 @@ def evaluate_robustness(
 
     For each eps the attacks run in order, each on the points still robust; a
     point is broken only if this function verifies `argmax(model(x_adv)) != y`,
-    `||x_adv - x|| <= eps` (up to float32 rounding, `norm_slack`) and `clip_min <= x_adv <= clip_max`. Each attack
-    gets its full budget (every option it declares, with the value it runs with) by
-    name; the report's `settings["budgets"]` records them.
+    `||x_adv - x|| <= eps` (up to float32 rounding, `norm_slack`) and
+    `clip_min <= x_adv <= clip_max`. Each attack gets its full budget (every option
+    it declares, with the value it runs with) by name; the report records them
+    (`settings["budgets"]`) and whether they are AutoAttack's standard version
+    (`standard`, `standard_reasons`).
 
     Args:
         model: Callable (usually a `keras.Model`) mapping a batch to logits.
@@ -111,7 +113,8 @@ def evaluate_robustness(
         A `RobustnessReport`.
 
     Raises:
-        ValueError: On an invalid argument (checked before any attack runs), or
+        ValueError: On an invalid argument (checked before any attack runs: an
+            unknown check name, `steps` for an attack without that option, ...), or
             when `state_path` holds a state written with different settings.
 
     Example:
