@@ -28,6 +28,7 @@ __all__ = [
     "markdown_table",
     "robustness_tables",
     "budget_text",
+    "setting_text",
 ]
 
 FLAG_STATUSES = ("ok", "warn", "fail")
@@ -85,7 +86,8 @@ def _options_text(options):
     return ", ".join(f"{k}={format_number(v)}" for k, v in options.items()) or "-"
 
 
-def _setting_text(value):
+def setting_text(value) -> str:
+    """A setting's table cell: JSON for lists and dicts, `str` for anything else."""
     return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
 
 
@@ -138,7 +140,7 @@ def robustness_tables(report) -> list:
                        [[f["check"], f["status"], f["reason"]] for f in r["flags"]]))
     if r.get("settings"):
         tables.append(("Settings", ["setting", "value"],
-                       [[k, _setting_text(v)] for k, v in r["settings"].items() if k != "budgets"]))
+                       [[k, setting_text(v)] for k, v in r["settings"].items() if k != "budgets"]))
     return tables
 
 

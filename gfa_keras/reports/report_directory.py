@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from gfa_keras.evaluation.report import (
-    budget_text, format_number, format_percent, json_ready, markdown_table, robustness_tables,
+    budget_text, format_number, format_percent, json_ready, markdown_table, robustness_tables, setting_text,
 )
 from gfa_keras.reports import html, plots
 
@@ -307,8 +307,7 @@ def _history_rows(history):
 
 
 def _settings_rows(settings):
-    return ["setting", "value"], [[k, json.dumps(v) if isinstance(v, (dict, list)) else str(v)]
-                                  for k, v in settings.items()]
+    return ["setting", "value"], [[k, setting_text(v)] for k, v in settings.items()]
 
 
 def _trial_rows(trials):
