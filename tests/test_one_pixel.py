@@ -112,3 +112,14 @@ def test_invalid_options_raise(kwargs, match):
 def test_non_image_input_raises():
     with pytest.raises(ValueError, match=r"one_pixel needs a batch of images .*Received: x\.shape=\(2, 16\)"):
         one_pixel(lambda v: v, np.zeros([2, 16], "float32"), np.zeros(2, "int32"), eps=0.5)
+
+
+def test_rank_3_batches_reach_a_model_that_expects_them():
+    # The evolution works on [batch, height, width, 1]; a Keras model built for
+    # [batch, height, width] must still receive that shape.
+    inputs = keras.Input((5, 7))
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs)))
+    x = np.random.default_rng(0).uniform(size=(4, 5, 7)).astype("float32")
+    y = np.argmax(model(x), axis=1)
+    x_adv = one_pixel(model, x, y, eps=1.0, population=8, steps=5).numpy()
+    assert x_adv.shape == x.shape and np.all(changed_pixels(x, x_adv) <= 1)

@@ -409,3 +409,16 @@ def test_l2_starting_point_equals_the_reference(h, w, c):
     for k in range(n):
         expected = reference_l2_start(chw(x[k]).astype("float64"), eps, u_transpose[k], u_sign[k])
         np.testing.assert_allclose(ours[k], hwc(expected), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("norm, eps", [("linf", 0.1), ("l2", 0.5)])
+def test_rank_3_batches_reach_a_model_that_expects_them(norm, eps):
+    # The attack works on [batch, height, width, 1] internally; the model must still
+    # be called with the caller's [batch, height, width] (a Keras model rejects rank 4).
+    inputs = keras.Input((5, 7))
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs)))
+    x = np.random.default_rng(0).uniform(size=(4, 5, 7)).astype("float32")
+    y = np.argmax(model(x), axis=1)
+    x_adv = square(model, x, y, eps=eps, norm=norm, steps=20)
+    assert x_adv.shape == x.shape
+    assert np.all(perturbation_norms(x, x_adv, norm).numpy() <= eps * (1 + 1e-6))

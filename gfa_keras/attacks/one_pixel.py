@@ -92,14 +92,16 @@ def one_pixel(
     change = min(float(eps), float(clip_max - clip_min))
     run = _common.compiled(
         model,
-        (steps, pixels, population, mutation, change, float(clip_min), float(clip_max), targets is not None),
+        (steps, pixels, population, mutation, change, float(clip_min), float(clip_max), targets is not None,
+         x.shape.rank == 3),
         _build_evolution,
     )
     x_adv = run(images, y, y if targets is None else targets, tf.constant(seed, tf.int32))
     return tf.reshape(x_adv, tf.shape(x))
 
 
-def _build_evolution(model_ref, steps, pixels, population, mutation, change, clip_min, clip_max, hit_target):
+def _build_evolution(model_ref, steps, pixels, population, mutation, change, clip_min, clip_max, hit_target,
+                     channel_added):
     def apply(x, candidates):
         """Images `[n, population, h, w, c]` with each candidate's pixels changed."""
         n, height, width, channels = (tf.shape(x)[i] for i in range(4))
@@ -119,7 +121,9 @@ def _build_evolution(model_ref, steps, pixels, population, mutation, change, cli
     def fitness(model, x, y, targets, candidates):
         images = apply(x, candidates)
         shape = tf.shape(images)
-        logits = tf.cast(model(tf.reshape(images, tf.concat([[-1], shape[2:]], 0))), tf.float32)
+        batch = tf.reshape(images, tf.concat([[-1], shape[2:]], 0))
+        # The model sees the caller's shape: rank-3 batches get their channel axis only here.
+        logits = tf.cast(model(batch[..., 0] if channel_added else batch), tf.float32)
         repeat = lambda v: tf.reshape(tf.tile(v[:, None], [1, population]), [-1])  # noqa: E731
         return tf.reshape(_common.margin(logits, repeat(y), repeat(targets) if hit_target else None), [-1, population])
 

@@ -119,7 +119,9 @@ def square(
             table[k, 1, :side, :side] = table[k, 0, :side, :side].T
     seed = tf.constant(seed, tf.int32)
     start = _initial_point(images, eps, norm, clip_min, clip_max, seed)
-    run = _common.compiled(model, (norm, float(clip_min), float(clip_max), targets is not None), _build_square)
+    run = _common.compiled(
+        model, (norm, float(clip_min), float(clip_max), targets is not None, x.shape.rank == 3), _build_square
+    )
     x_adv = run(
         images, y, y if targets is None else targets, start, tf.constant(eps, tf.float32),
         tf.constant(sizes, tf.int32), tf.constant(size_index.reshape(-1), tf.int32), tf.constant(table), seed,
@@ -311,12 +313,16 @@ def _l2_step(x, x_best, eps, side, patterns, u_corner, u_transpose, u_sign, clip
     return tf.clip_by_value(x + _normalize_l2(delta) * eps, clip_min, clip_max)
 
 
-def _build_square(model_ref, norm, clip_min, clip_max, hit_target):
+def _build_square(model_ref, norm, clip_min, clip_max, hit_target, channel_added):
+    def logits(model, images):
+        # The model sees the caller's shape: rank-3 batches get their channel axis only here.
+        return tf.cast(model(images[..., 0] if channel_added else images), tf.float32)
+
     @tf.function(reduce_retracing=True)
     def run(x, y, targets, x_best, eps, sizes, size_index, table, seed):
         model = model_ref()
         channels = tf.shape(x)[3]
-        margin = _common.margin(tf.cast(model(x_best), tf.float32), y, targets if hit_target else None)
+        margin = _common.margin(logits(model, x_best), y, targets if hit_target else None)
         for i in tf.range(tf.shape(sizes)[0]):
             active = tf.where(margin >= 0)[:, 0]
             if tf.size(active) == 0:
@@ -335,7 +341,7 @@ def _build_square(model_ref, norm, clip_min, clip_max, hit_target):
             else:
                 candidate = _l2_step(xa, best, eps, sizes[i], table[size_index[i]], draw(tf.stack([n, 4]), 1),
                                      draw(tf.reshape(n, [1]), 2), u_sign, clip_min, clip_max)
-            new_margin = _common.margin(tf.cast(model(candidate), tf.float32), ya, ta if hit_target else None)
+            new_margin = _common.margin(logits(model, candidate), ya, ta if hit_target else None)
             old_margin = tf.gather(margin, active)
             kept = tf.where((new_margin < old_margin)[:, None, None, None], candidate, best)
             x_best = tf.tensor_scatter_nd_update(x_best, active[:, None], kept)
