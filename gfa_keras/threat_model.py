@@ -25,7 +25,8 @@ def perturbation_norms(x, x_adv, norm="linf"):
         return tf.norm(delta, axis=1)
     if norm == "l1":
         return tf.reduce_sum(tf.abs(delta), axis=1)
-    raise ValueError(f"Unknown norm. Expected one of {NORMS + ('l1',)}. Received: norm={norm!r}")
+    # The message of gfa_keras.validation.check_choice (this module sits below it).
+    raise ValueError(f"Unknown norm. Expected one of {[*NORMS, 'l1']}. Received: norm={norm!r}")
 
 
 def per_example(v, rank):

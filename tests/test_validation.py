@@ -110,3 +110,51 @@ def test_the_error_carries_what_was_expected():
     assert isinstance(info.value, ValueError)
     with pytest.raises(ArgumentValueError, match=r"^epochs must be a positive integer\. Received: epochs='3'$"):
         check_positive_int("epochs", "3")
+
+
+def _tiny_model():
+    import keras
+
+    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+
+
+def _entry_points():
+    """Public entry points of every layer of the package, each called with one argument wrong."""
+    import gfa_keras
+    from gfa_keras.attacks import pgd
+    from gfa_keras.evaluation.masking_checks import large_eps
+
+    x, y = np.zeros((2, 4), "float32"), np.zeros(2, "int32")
+    return {
+        "harden": lambda **bad: gfa_keras.harden(_tiny_model(), method="pgd", **{"eps": 0.1, **bad}),
+        "PGD": lambda **bad: gfa_keras.PGD(**{"eps": 0.1, **bad}),
+        "pgd attack": lambda **bad: pgd(_tiny_model(), x, y, **{"eps": 0.1, **bad}),
+        "evaluate_robustness": lambda **bad: gfa_keras.evaluate_robustness(
+            _tiny_model(), (x, y), "fast", **{"eps": 0.1, "verbose": 0, **bad}),
+        "RobustAccuracy": lambda **bad: gfa_keras.RobustAccuracy((x, y), **{"eps": 0.1, **bad}),
+        "GFAHyperModel": lambda **bad: gfa_keras.GFAHyperModel(_tiny_model(), objective="clean_accuracy", **bad),
+        "large_eps": lambda **bad: large_eps(bad.get("norm", "linf"), (4,)),
+    }
+
+
+@pytest.mark.parametrize("entry", ["harden", "PGD", "pgd attack", "evaluate_robustness", "RobustAccuracy",
+                                   "GFAHyperModel", "large_eps"])
+def test_every_layer_reports_an_unknown_norm_the_same_way(entry):
+    with pytest.raises(ValueError, match=r"^Unknown norm\. Expected one of \['linf', 'l2'\]\. Received: norm='l3'$"):
+        _entry_points()[entry](norm="l3")
+
+
+@pytest.mark.parametrize("entry, argument", [("harden", "steps"), ("PGD", "steps"), ("pgd attack", "steps"),
+                                             ("evaluate_robustness", "steps"), ("RobustAccuracy", "steps"),
+                                             ("GFAHyperModel", "attack_steps")])
+def test_every_layer_reports_a_zero_step_count_the_same_way(entry, argument):
+    with pytest.raises(ValueError, match=rf"^{argument} must be a positive integer\. Received: {argument}=0$"):
+        _entry_points()[entry](**{argument: 0})
+
+
+@pytest.mark.parametrize("entry", ["harden", "PGD", "pgd attack", "evaluate_robustness", "RobustAccuracy",
+                                   "GFAHyperModel"])
+def test_every_layer_reports_a_negative_eps_the_same_way(entry):
+    # Training and its monitors need eps > 0; evaluation also accepts eps = 0 (the clean accuracy).
+    with pytest.raises(ValueError, match=r"^eps must be a finite number (>|>=) 0\. Received: eps=-0\.1$"):
+        _entry_points()[entry](eps=-0.1)

@@ -20,7 +20,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from gfa_keras.validation import check_number
+from gfa_keras.threat_model import NORMS
+from gfa_keras.validation import check_choice, check_number
 
 __all__ = [
     "CHECKS",
@@ -107,12 +108,11 @@ def large_eps(norm: str, input_shape, clip_min: float = 0.0, clip_max: float = 1
     >>> large_eps("linf", (8, 8, 1))
     0.5
     """
+    check_choice("norm", norm, NORMS)
     half = 0.5 * (clip_max - clip_min)
     if norm == "linf":
         return half
-    if norm == "l2":
-        return half * math.sqrt(float(np.prod(input_shape)))
-    raise ValueError(f"Unknown norm. Expected 'linf' or 'l2'. Received: norm={norm!r}")
+    return half * math.sqrt(float(np.prod(input_shape)))
 
 
 def check_accuracy_decreases_with_eps(eps, accuracies, tolerance: float = 0.0) -> dict:
