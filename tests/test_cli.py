@@ -117,6 +117,7 @@ def test_evaluate_adds_several_models_to_one_report(plain_model_file, trained_ru
     assert {"robust_accuracy.png", "minimum_norms.png", "report.html"} <= {p.name for p in out.iterdir()}
 
 
+@pytest.mark.slow  # a search or a subprocess
 def test_tune_saves_the_best_model_and_every_trial(tmp_path):
     out = tmp_path / "tune"
     code = main(["tune", "--dataset", "digits", "--train-limit", "300", "--trials", "2", "--epochs", "1",
@@ -201,6 +202,7 @@ def run_command(*args):
     return finish(start_command(*args))
 
 
+@pytest.mark.slow  # a search or a subprocess
 def test_subprocess_evaluate_succeeds_and_writes_the_report(plain_model_file, tmp_path):
     code, out, err = run_command("evaluate", str(plain_model_file), "--out", str(tmp_path), "--attacks", "fgsm",
                                  "--eps", "0.1", "--test-limit", "30", "--landscape-points", "5", "--verbose", "0")
@@ -214,6 +216,7 @@ def test_subprocess_evaluate_succeeds_and_writes_the_report(plain_model_file, tm
     assert report["models"]["plain"]["robustness"]["standard"] is False
 
 
+@pytest.mark.slow  # a search or a subprocess
 def test_subprocess_errors_exit_codes_and_one_line(tmp_path):
     # Both at once: each spends most of its time importing TensorFlow.
     started = [start_command("train", "--epochs", "zero", "--out", str(tmp_path)),
@@ -248,6 +251,7 @@ def test_traceback_flag_shows_the_exception_instead(tmp_path):
         main(["--traceback", "evaluate", str(tmp_path / "missing.keras"), "--out", str(tmp_path)])
 
 
+@pytest.mark.slow  # a search or a subprocess
 def test_installed_console_script_is_the_same_command():
     """`pip install` puts `gfa-keras` beside the interpreter; it must reach `cli.main`."""
     script = Path(sys.executable).parent / "gfa-keras"

@@ -19,6 +19,9 @@ import pytest
 
 import distributed_cases as cases
 
+# Subprocesses with their own TensorFlow, and one-device reference runs of every defense.
+pytestmark = pytest.mark.slow
+
 WORKER = Path(__file__).with_name("distributed_worker.py")
 MULTI_WORKER_METHODS = ("gfa", "hybrid")  # taps, the input gradient and a PGD perturbation
 # Bounds a hung worker (e.g. a peer that died during start-up); a normal run takes well

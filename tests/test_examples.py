@@ -19,6 +19,7 @@ def run_example(name, *args):
     return result.stdout
 
 
+@pytest.mark.slow  # an example script in a subprocess
 def test_quickstart_prints_clean_fgsm_and_pgd_accuracy_for_both_models():
     out = run_example("quickstart.py", "--fast")
     rows = {m.group(1): [float(v) for v in m.groups()[1:]]
@@ -52,6 +53,7 @@ def non_increasing(values):
     return all(a >= b for a, b in zip(values, values[1:]))
 
 
+@pytest.mark.slow  # an example script in a subprocess
 def test_fashion_mnist_mlp_compares_plain_first_and_deep(tmp_path):
     out = run_example("fashion_mnist_mlp.py", "--dataset", "digits", "--fast", "--out", str(tmp_path))
     rows = table_rows(out, ("plain", "gfa_first", "gfa_deep"), 5)
@@ -65,6 +67,7 @@ def test_fashion_mnist_mlp_compares_plain_first_and_deep(tmp_path):
         p.name for p in tmp_path.iterdir()}
 
 
+@pytest.mark.slow  # an example script in a subprocess
 def test_cifar10_cnn_runs_on_digits_in_fast_mode(tmp_path):
     out = run_example("cifar10_cnn.py", "--dataset", "digits", "--fast", "--out", str(tmp_path))
     rows = table_rows(out, ("standard", "gfa_deep", "pgd"), 4)
@@ -73,6 +76,7 @@ def test_cifar10_cnn_runs_on_digits_in_fast_mode(tmp_path):
     assert report_models(tmp_path)["pgd"]["robustness"]["eps"] == pytest.approx([2 / 255, 4 / 255, 8 / 255])
 
 
+@pytest.mark.slow  # an example script in a subprocess
 def test_tune_beta_searches_and_evaluates_the_best_model(tmp_path):
     out = run_example("tune_beta.py", "--fast", "--out", str(tmp_path))
     trials = json.loads((tmp_path / "report.json").read_text())["tuning"]["trials"]
@@ -82,6 +86,7 @@ def test_tune_beta_searches_and_evaluates_the_best_model(tmp_path):
     assert (tmp_path / "tuning.png").exists()
 
 
+@pytest.mark.slow  # an example script in a subprocess
 def test_compare_defenses_puts_every_method_on_one_chart(tmp_path):
     out = run_example("compare_defenses.py", "--fast", "--out", str(tmp_path))
     methods = ("standard", "gfa", "pgd", "trades", "datagrad", "hybrid", "gfa_pgd")
@@ -93,6 +98,7 @@ def test_compare_defenses_puts_every_method_on_one_chart(tmp_path):
     assert models["trades"]["training"]["method"] == "trades"
 
 
+@pytest.mark.slow  # an example script in a subprocess
 def test_custom_training_loop_penalty_equals_hardens():
     out = run_example("custom_training_loop.py", "--fast")
     match = re.search(r"custom loop ([\d.]+), harden\(\) ([\d.]+)", out)

@@ -190,6 +190,7 @@ def chromium():
     browser.close()
 
 
+@pytest.mark.slow  # headless Chromium
 def test_report_page_in_a_real_browser_loads_every_image_without_console_errors(tmp_path, chromium):
     paths = full_report(tmp_path)
     images, errors = chromium.open(paths["html"])
@@ -198,6 +199,7 @@ def test_report_page_in_a_real_browser_loads_every_image_without_console_errors(
     assert errors == []
 
 
+@pytest.mark.slow  # headless Chromium
 def test_the_browser_check_catches_a_broken_image_and_a_console_error(tmp_path, chromium):
     page = tmp_path / "broken.html"
     page.write_text('<!DOCTYPE html><html><head><link rel="icon" href="data:,"></head><body>'

@@ -66,6 +66,7 @@ def _options(**kwargs):
             **kwargs}
 
 
+@pytest.mark.slow  # whole searches
 def test_search_reports_the_trials_own_values_and_the_robust_objective_matches_an_evaluation(data, tmp_path):
     x, y, validation = data
     _RecordTrials.fits = []
@@ -109,6 +110,7 @@ def test_search_reports_the_trials_own_values_and_the_robust_objective_matches_a
     assert len(figure.axes[0].collections[0].get_offsets()) == 3
 
 
+@pytest.mark.slow  # whole searches
 def test_alignment_objective_is_the_documented_formula(data, tmp_path):
     x, y, validation = data
     _RecordTrials.fits = []
@@ -126,6 +128,7 @@ def test_alignment_objective_is_the_documented_formula(data, tmp_path):
         assert trial["robust_accuracy"] is None  # no eps: no attack ran
 
 
+@pytest.mark.slow  # whole searches
 def test_a_diverging_trial_fails_and_the_search_goes_on(data, tmp_path):
     x, y, validation = data
     _Diverge.calls = 0
@@ -136,6 +139,7 @@ def test_a_diverging_trial_fails_and_the_search_goes_on(data, tmp_path):
     assert result.best_hyperparameters == result.trials[1]["hyperparameters"]
 
 
+@pytest.mark.slow  # whole searches
 def test_a_search_where_every_trial_failed_raises_why(data, tmp_path):
     x, y, validation = data
     _Diverge.calls = 0
@@ -299,6 +303,7 @@ def _fit_log(tmp_path):
     return [line.split() for line in (tmp_path / "fits.log").read_text().splitlines()]
 
 
+@pytest.mark.slow  # whole searches
 def test_killed_search_resumes_without_redoing_completed_trials(tmp_path):
     command = _search_command(tmp_path, kill_at=3)
     codes, outputs = _run_processes([(command, _base_env())])
@@ -315,6 +320,7 @@ def test_killed_search_resumes_without_redoing_completed_trials(tmp_path):
     assert [t["hyperparameters"]["penalty_weight"] for t in trials] == pytest.approx(betas[:3], rel=1e-6)
 
 
+@pytest.mark.slow  # whole searches
 def test_distributed_search_with_a_chief_and_two_workers(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
