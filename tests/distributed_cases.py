@@ -14,8 +14,9 @@ import numpy as np
 import tensorflow as tf
 
 from gfa_keras import HardenedModel, harden
-from gfa_keras.training.perturbations import PGD
-from gfa_keras.training.regularizers import GradientFeatureAlignment, InputGradientNorm, TradesKL
+from gfa_keras.training.monitors import CatastrophicOverfittingMonitor, CollapseGuard
+from gfa_keras.training.perturbations import FGSM, NFGSM, PGD
+from gfa_keras.training.regularizers import GradAlign, GradientFeatureAlignment, InputGradientNorm, TradesKL
 from gfa_keras.training.weight_perturbation import AdversarialWeightPerturbation
 
 GLOBAL_BATCH = 16
@@ -40,6 +41,26 @@ class FixedStartTradesKL(TradesKL):
         return tf.clip_by_value(x + 0.001 * pattern, self.attack.clip_min, self.attack.clip_max)
 
 
+def _pattern(seed):
+    """A fixed +-1 pattern, the same for every example (random draws are made per replica)."""
+    return np.random.default_rng(seed).choice([-1.0, 1.0], size=(8, 8, 1)).astype("float32")
+
+
+class FixedStartFGSM(FGSM):
+    def start(self, x):
+        return tf.clip_by_value(x + 0.5 * self.eps * _pattern(1), self.clip_min, self.clip_max)
+
+
+class FixedNoiseNFGSM(NFGSM):
+    def start(self, x):
+        return tf.clip_by_value(x + self.noise_magnitude * _pattern(2), self.clip_min, self.clip_max)
+
+
+class FixedEtaGradAlign(GradAlign):
+    def nearby_points(self, x):
+        return tf.clip_by_value(x + self.eps * _pattern(3), self.clip_min, self.clip_max)
+
+
 # Every defense with a deterministic configuration.
 METHODS = {
     "standard": lambda base: harden(base, method="standard"),
@@ -59,6 +80,25 @@ METHODS = {
     "trades_awp_ema": lambda base: HardenedModel(base, regularizers=[FixedStartTradesKL(1.0, EPS, steps=3)],
                                                  weight_perturbation=AdversarialWeightPerturbation(0.05),
                                                  ema_momentum=0.5),
+}
+
+# The single-step defenses, run by their own worker process (one process for every case
+# would outlast the worker timeout on a loaded machine).
+SINGLE_STEP = {
+    "fgsm_rs": lambda base: HardenedModel(base, perturbation=FixedStartFGSM(EPS, random_start=True)),
+    "n_fgsm_gradalign": lambda base: HardenedModel(base, perturbation=FixedNoiseNFGSM(EPS),
+                                                   regularizers=[FixedEtaGradAlign(0.5, EPS)]),
+    "n_fgsm_gfa": lambda base: HardenedModel(base, perturbation=FixedNoiseNFGSM(EPS),
+                                             regularizers=[GradientFeatureAlignment(3, weight=0.5)]),
+}
+
+# Callbacks per method: the training monitors log into the history that is compared
+# (PGD without a random start, so that the measurement is deterministic).
+CALLBACKS = {
+    "n_fgsm_gradalign": lambda validation: [
+        CatastrophicOverfittingMonitor(validation, EPS, pgd_steps=3, pgd_random_start=False),
+        CollapseGuard(validation, on_collapse="stop"),
+    ],
 }
 
 # What 2 replicas would train if each replica's penalty were not divided by the number of
@@ -103,13 +143,13 @@ def train(method, strategy=None, jit_compile=False):
     (x, y), validation = data()
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     with scope:
-        model = {**METHODS, **UNSCALED_PENALTY_ON_TWO_REPLICAS}[method](base_model())
+        model = {**METHODS, **UNSCALED_PENALTY_ON_TWO_REPLICAS, **SINGLE_STEP}[method](base_model())
         model.compile(optimizer=keras.optimizers.SGD(0.5),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"],
                       jit_compile=jit_compile)
     history = model.fit(x, y, batch_size=GLOBAL_BATCH, epochs=EPOCHS, shuffle=False,
                         validation_data=validation if method in VALIDATED else None,
-                        verbose=0)
+                        callbacks=CALLBACKS[method](validation) if method in CALLBACKS else None, verbose=0)
     return [w.numpy() for w in model.base_model.weights], {k: [float(v) for v in vs]
                                                            for k, vs in history.history.items()}
 

@@ -52,7 +52,7 @@ def free_ports(count):
 
 @pytest.fixture(scope="module")
 def one_device():
-    names = list(cases.METHODS) + list(cases.UNSCALED_PENALTY_ON_TWO_REPLICAS)
+    names = list(cases.METHODS) + list(cases.UNSCALED_PENALTY_ON_TWO_REPLICAS) + list(cases.SINGLE_STEP)
     return {m: cases.train(m) for m in names}
 
 
@@ -61,6 +61,15 @@ def mirrored(tmp_path_factory):
     out = tmp_path_factory.mktemp("mirrored") / "results.npz"
     result = subprocess.run([sys.executable, str(WORKER), "mirrored", str(out)], env=worker_env(),
                             capture_output=True, text=True, timeout=TIMEOUT_SECONDS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return cases.load(out)
+
+
+@pytest.fixture(scope="module")
+def mirrored_single_step(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mirrored_single_step") / "results.npz"
+    result = subprocess.run([sys.executable, str(WORKER), "mirrored", str(out), *cases.SINGLE_STEP],
+                            env=worker_env(), capture_output=True, text=True, timeout=TIMEOUT_SECONDS)
     assert result.returncode == 0, result.stderr[-3000:]
     return cases.load(out)
 
@@ -139,3 +148,17 @@ def test_multi_worker_strategy_with_two_processes_trains_like_one_process(method
 @pytest.mark.parametrize("method", ["gfa", "hybrid"])
 def test_jit_compiled_training_matches_graph_mode(method, one_device):
     assert_same_training(cases.train(method, jit_compile=True), one_device[method])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list(cases.SINGLE_STEP))
+def test_single_step_defenses_on_two_devices_train_like_one_device(method, mirrored_single_step, one_device):
+    assert_same_training(mirrored_single_step[method], one_device[method])
+
+
+@pytest.mark.slow
+def test_mirrored_run_logs_the_training_monitors(mirrored_single_step):
+    _, history = mirrored_single_step["n_fgsm_gradalign"]
+    for key in ("val_fgsm_accuracy", "val_pgd_accuracy", "catastrophic_overfitting", "val_top_class_share",
+                "val_task_loss_to_chance"):
+        assert len(history[key]) == cases.EPOCHS, key
