@@ -85,10 +85,11 @@ def main():
     print(f"keras {keras.__version__}, batch {args.batch_size}, {args.rounds} interleaved rounds, "
           f"{os.cpu_count()} CPUs")
     med = {v: statistics.median(t) for v, t in times.items()}
-    print(f"{'method':<14}{'jit':<6}{'median ms':>10}{'x plain':>10}{'jit/graph':>11}")
+    width = max(len(m) for m in args.methods) + 2
+    print(f"{'method':<{width}}{'jit':<6}{'median ms':>10}{'x plain':>10}{'jit/graph':>11}")
     for (method, jit), median in med.items():
         versus_graph = f"{median / med[(method, False)]:>11.2f}" if jit else ""
-        print(f"{method:<14}{str(jit):<6}{1000 * median:>10.1f}{median / plain:>10.2f}{versus_graph}")
+        print(f"{method:<{width}}{str(jit):<6}{1000 * median:>10.1f}{median / plain:>10.2f}{versus_graph}")
     if ("gfa3", False) in med and ("gfa1", False) in med:
         print(f"GFA(3) / GFA(1): {med[('gfa3', False)] / med[('gfa1', False)]:.2f} (target <= 1.15)")
         print(f"GFA(3) / plain:  {med[('gfa3', False)] / plain:.2f} (target <= 2.5)")
