@@ -211,3 +211,24 @@ def test_tune_marks_a_collapsed_trial_failed_with_beta_in_the_message(digits, tm
         tune(make_mlp, x, y, validation_data=(x_val, y_val), objective="clean_accuracy",
              penalty_weight=(1.0, 3.0), max_trials=2, epochs=3, batch_size=64, directory=tmp_path,
              optimizer=lambda: keras.optimizers.Adam(1e-2), verbose=0)
+
+
+def test_collapse_guard_works_on_a_subclassed_model():
+    class Constant(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(3, kernel_initializer="zeros",
+                                            bias_initializer=keras.initializers.Constant([0.0, 2.0, 0.0]))
+
+        def call(self, x):
+            return self.dense(x)
+
+    model = Constant()
+    model(X_HELD[:1])
+    model.compile(optimizer=keras.optimizers.SGD(0.0),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    y = np.arange(200) % 3
+    guard = CollapseGuard((X_HELD, y), patience=1)
+    with pytest.raises(TrainingCollapsedError, match=r"100.0% of 200 in class 1.*The model has no penalty"):
+        model.fit(X_HELD, y, epochs=1, verbose=0, callbacks=[guard])
+    assert guard.chance_loss == pytest.approx(np.log(3), rel=1e-3)

@@ -290,7 +290,8 @@ class CollapseGuard(keras.callbacks.Callback):
     def _chance_loss(self):
         """The loss of the best constant prediction: the label frequencies as probabilities,
         or their logarithm as logits, whichever the loss scores lower."""
-        classes = int(_classifier(self.model).outputs[0].shape[-1])
+        # From a prediction rather than `model.outputs`, which a subclassed model lacks.
+        classes = int(keras.ops.shape(_classifier(self.model)(self.x[:1], training=False))[-1])
         prior = np.bincount(self.labels, minlength=classes)[:classes] / len(self.labels)
         candidates = [np.tile(prior, (len(self.x), 1)), np.tile(np.log(np.maximum(prior, 1e-12)), (len(self.x), 1))]
         return min(self._mean_loss(c.astype("float32")) for c in candidates)
