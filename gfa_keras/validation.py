@@ -31,6 +31,7 @@ __all__ = [
     "check_eps",
     "check_choice",
     "check_clip_range",
+    "check_labelled_data",
 ]
 
 
@@ -163,3 +164,26 @@ def check_clip_range(clip_min, clip_max):
             f"clip_min must be smaller than clip_max. Received: clip_min={clip_min}, clip_max={clip_max}"
         )
     return clip_min, clip_max
+
+
+def check_labelled_data(name, data):
+    """Returns an `(x, y)` pair of arrays as `x` (float32, shape `(n, ...)`) and integer labels `y` (shape `(n,)`).
+
+    Labels may be integers or one-hot rows (turned into their argmax). Used wherever a
+    held-out set is passed as a pair of arrays (validation data, a monitor's batch).
+
+    Raises:
+        ValueError: "{name} must be an (x, y) pair of arrays. Received: {name} of type ...", or
+            "{name} must hold as many labels (integers or one-hot rows) as examples, at least one.
+            Received: x.shape=..., y.shape=...".
+    """
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise ValueError(f"{name} must be an (x, y) pair of arrays. Received: {name} of type {type(data).__name__}")
+    x, y = np.asarray(data[0]), np.asarray(data[1])
+    labels = np.argmax(y, axis=-1) if y.ndim == 2 and y.shape[-1] > 1 else y.reshape(-1) if y.ndim == 2 else y
+    if x.ndim < 2 or labels.ndim != 1 or len(x) != len(labels) or len(x) == 0:
+        raise ValueError(
+            f"{name} must hold as many labels (integers or one-hot rows) as examples, at least one. "
+            f"Received: x.shape={x.shape}, y.shape={y.shape}"
+        )
+    return x.astype("float32"), labels.astype("int32")

@@ -180,7 +180,7 @@ def test_constant_prediction_is_a_collapse_with_mse_and_stop_warns():
     (lambda: CatastrophicOverfittingMonitor((X_HELD, Y_HELD), eps=EPS, on_overfitting="raise"),
      r"Expected one of \['warn', 'stop'\]. Received: on_overfitting='raise'"),
     (lambda: CatastrophicOverfittingMonitor((X_HELD, Y_HELD), eps=EPS, pgd_steps=0), r"Received: pgd_steps=0"),
-    (lambda: CatastrophicOverfittingMonitor(X_HELD, eps=EPS), r"pair of arrays \(x, y\). Received: data of type"),
+    (lambda: CatastrophicOverfittingMonitor(X_HELD, eps=EPS), r"^data must be an \(x, y\) pair of arrays\. Received: data of type ndarray$"),
     (lambda: CatastrophicOverfittingMonitor((X_HELD, Y_HELD[:3]), eps=EPS), r"Received: x.shape=\(200, 2\), y.shape=\(3,\)"),
     (lambda: CollapseGuard((X_HELD, Y_HELD), max_class_share=1.5), r"Received: max_class_share=1.5"),
     (lambda: CollapseGuard((X_HELD, Y_HELD), loss_tolerance=1.0), r"Received: loss_tolerance=1.0"),

@@ -8,6 +8,7 @@ from gfa_keras.validation import (
     check_clip_range,
     check_eps,
     check_int,
+    check_labelled_data,
     check_number,
     check_positive_int,
 )
@@ -158,3 +159,25 @@ def test_every_layer_reports_a_negative_eps_the_same_way(entry):
     # Training and its monitors need eps > 0; evaluation also accepts eps = 0 (the clean accuracy).
     with pytest.raises(ValueError, match=r"^eps must be a finite number (>|>=) 0\. Received: eps=-0\.1$"):
         _entry_points()[entry](eps=-0.1)
+
+
+def test_labelled_data_turns_one_hot_rows_into_labels():
+    x = np.arange(12, dtype="float64").reshape(3, 2, 2)
+    one_hot = np.eye(4)[[2, 0, 3]]
+    for y in ([2, 0, 3], np.array([[2], [0], [3]]), one_hot):
+        got_x, got_y = check_labelled_data("validation_data", (x, y))
+        assert got_x.dtype == np.float32 and got_x.shape == (3, 2, 2)
+        assert got_y.dtype == np.int32 and got_y.tolist() == [2, 0, 3]
+
+
+@pytest.mark.parametrize("data, message", [
+    (np.zeros((3, 2)), r"^validation_data must be an \(x, y\) pair of arrays\. Received: validation_data of type "
+                       r"ndarray$"),
+    ((np.zeros((3, 2)), np.zeros(2)), r"as many labels \(integers or one-hot rows\) as examples, at least one\. "
+                                      r"Received: x\.shape=\(3, 2\), y\.shape=\(2,\)$"),
+    ((np.zeros((0, 2)), np.zeros(0)), r"at least one\. Received: x\.shape=\(0, 2\)"),
+    ((np.zeros(3), np.zeros(3)), r"at least one\. Received: x\.shape=\(3,\)"),
+])
+def test_labelled_data_rejects_with_the_shapes(data, message):
+    with pytest.raises(ValueError, match=message):
+        check_labelled_data("validation_data", data)

@@ -12,7 +12,14 @@ import keras
 import numpy as np
 
 from gfa_keras.attacks import ATTACKS, NORMS, get_attack
-from gfa_keras.validation import check_choice, check_clip_range, check_eps, check_int, check_positive_int
+from gfa_keras.validation import (
+    check_choice,
+    check_clip_range,
+    check_eps,
+    check_int,
+    check_labelled_data,
+    check_positive_int,
+)
 from gfa_keras.evaluation.cascade import evaluate_robustness
 
 __all__ = ["RobustAccuracy"]
@@ -119,19 +126,7 @@ class RobustAccuracy(keras.callbacks.Callback):
 
 def _labelled_points(data, num_points):
     """`(x, y)` as a float32 array and integer labels (one-hot rows become their argmax)."""
-    if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise ValueError(
-            "validation_data must be an (x, y) pair of arrays. "
-            f"Received: validation_data of type {type(data).__name__}"
-        )
-    x, y = np.asarray(data[0], dtype="float32"), np.asarray(data[1])
-    if y.ndim == 2:
-        y = np.argmax(y, axis=-1)
-    if y.ndim != 1 or len(x) != len(y) or len(y) == 0:
-        raise ValueError(
-            "validation_data must hold as many labels (integers or one-hot rows) as examples, at least one. "
-            f"Received: x.shape={x.shape}, y.shape={np.asarray(data[1]).shape}"
-        )
+    x, y = check_labelled_data("validation_data", data)
     if num_points is not None:
         x, y = x[:num_points], y[:num_points]
-    return x, y.astype("int32")
+    return x, y

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from gfa_keras.training.perturbations import FGSM, PGD
-from gfa_keras.validation import check_choice, check_int, check_number
+from gfa_keras.validation import check_choice, check_int, check_labelled_data, check_number
 
 __all__ = ["CatastrophicOverfittingMonitor", "CollapseGuard", "TrainingCollapsedError"]
 
@@ -34,23 +34,13 @@ _CHUNK = 256
 
 def _check_held_out(data, caller):
     """(x float32, y, integer labels) from an `(x, y)` pair of arrays, or a ValueError."""
-    if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise ValueError(
-            f"{caller} needs a held-out batch as a pair of arrays (x, y). "
-            f"Received: data of type {type(data).__name__}"
-        )
-    x, y = (np.asarray(keras.ops.convert_to_numpy(v)) for v in data)
-    if x.ndim < 2 or len(x) == 0 or len(x) != len(y):
-        raise ValueError(
-            f"{caller} needs x of shape (n, ...) and n labels, n >= 1. "
-            f"Received: x.shape={x.shape}, y.shape={y.shape}"
-        )
+    x, labels = check_labelled_data("data", data)
+    y = np.asarray(data[1])  # as given: the loss the guard reports takes one-hot labels as such
     if not np.all(np.isfinite(x)):
         raise ValueError(f"{caller} needs finite inputs. Received: x with NaN or infinite values")
-    labels = np.argmax(y, axis=-1) if y.ndim == 2 and y.shape[-1] > 1 else y.reshape(-1).astype("int64")
     if labels.min() < 0:
         raise ValueError(f"{caller} needs class labels >= 0. Received: a label {labels.min()}")
-    return x.astype("float32"), y, labels
+    return x, y, labels.astype("int64")  # int64: compared with argmax in the graph
 
 
 def _classifier(model):

@@ -41,7 +41,14 @@ import numpy as np
 
 from gfa_keras.reports import plots
 from gfa_keras.attacks import ATTACKS, NORMS, get_attack
-from gfa_keras.validation import check_choice, check_eps, check_int, check_number, check_positive_int
+from gfa_keras.validation import (
+    check_choice,
+    check_eps,
+    check_int,
+    check_labelled_data,
+    check_number,
+    check_positive_int,
+)
 from gfa_keras.evaluation.callbacks import RobustAccuracy
 from gfa_keras.training.methods import DEFAULT_PENALTY_WEIGHTS, METHODS, harden
 from gfa_keras.training.model import check_base_model
@@ -656,15 +663,6 @@ def _check_attack(attack, norm):
 
 
 def _validation_arrays(validation_data):
-    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-        raise ValueError(
-            "validation_data must be an (x_val, y_val) pair of arrays: the objectives are measured on it. "
-            f"Received: validation_data of type {type(validation_data).__name__}"
-        )
-    x_val, y_val = np.asarray(validation_data[0]), np.asarray(validation_data[1])
-    if len(x_val) == 0 or len(x_val) != len(y_val):
-        raise ValueError(
-            "validation_data must hold at least one example and as many labels as inputs. "
-            f"Received: len(x_val)={len(x_val)}, len(y_val)={len(y_val)}"
-        )
-    return x_val, y_val
+    # The objectives are measured on it; fit gets the labels as given (one-hot stays one-hot).
+    check_labelled_data("validation_data", validation_data)
+    return np.asarray(validation_data[0]), np.asarray(validation_data[1])
