@@ -11,12 +11,30 @@ not the absolute times.
     python benchmarks/step_cost.py --methods pgd7 fgsm_rs n_fgsm n_fgsm_gradalign n_fgsm_gfa3  # single-step
 
 Targets (issue 2): GFA(3) <= 2.5x plain, GFA(3) <= 1.15x GFA(1).
+
+`--arch` measures real networks instead (issue 14): the built-in CIFAR ResNet-18,
+keras.applications ResNet50V2 and MobileNetV3Small (weights=None, 32x32x3 inputs,
+nothing downloaded), batch 32 by default. Each method runs in a fresh process (one
+after the other, not interleaved: one trace of a ResNet's nested tapes takes minutes),
+which reports the first step (tracing included) in seconds and as a ratio to the plain
+first step, the median of the next `--rounds` steps as a ratio to the plain median, and
+the process's peak resident memory.
+
+    python benchmarks/step_cost.py --arch resnet50v2 mobilenet_v3_small --rounds 5
+    python benchmarks/step_cost.py --arch resnet18 --methods standard gfa1 gfa3 pgd7
+
+Targets (issue 14): GFA(3) <= 2.5x plain and <= 1.15x GFA(1) on the ResNet too; the
+first GFA step no more than 3x the first plain step.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
 import statistics
+import subprocess
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -47,44 +65,135 @@ METHODS = {
 }
 
 
-def build(options, jit):
-    model = harden(build_architecture("small_cnn", (32, 32, 3), 10, seed=0), **options)
+ARCH_METHODS = ["standard", "gfa1", "gfa3", "pgd7", "trades10", "gfa3_pgd7", "recommended"]
+
+
+def _application(name):
+    def make():
+        return getattr(keras.applications, name)(input_shape=(32, 32, 3), weights=None, classes=10,
+                                                 classifier_activation=None)
+    return make
+
+
+ARCHS = {
+    "small_cnn": lambda: build_architecture("small_cnn", (32, 32, 3), 10, seed=0),
+    "resnet18": lambda: build_architecture("resnet18", (32, 32, 3), 10, seed=0),
+    "resnet50v2": _application("ResNet50V2"),
+    "mobilenet_v3_small": _application("MobileNetV3Small"),
+}
+
+
+def build(options, jit, arch="small_cnn"):
+    keras.utils.set_random_seed(0)
+    model = harden(ARCHS[arch](), **options)
     model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   jit_compile=jit)
     return model
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--jit", action="store_true", help="also time each method with jit_compile=True")
-    args = parser.parse_args()
-    if "standard" not in args.methods:
-        args.methods.insert(0, "standard")
-
+def batch(size):
     rng = np.random.default_rng(0)
-    x = rng.uniform(size=(args.batch_size, 32, 32, 3)).astype("float32")
-    y = rng.integers(0, 10, size=args.batch_size).astype("int32")
+    x = rng.uniform(size=(size, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 10, size=size).astype("int32")
+    return x, y
 
-    variants = [(m, False) for m in args.methods] + ([(m, True) for m in args.methods] if args.jit else [])
-    models = {v: build(METHODS[v[0]], v[1]) for v in variants}
+
+def _peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def first_step_worker(arch, method, batch_size, rounds):
+    """Runs in a fresh process: build, the first step (tracing included), then `rounds` steps."""
+    x, y = batch(batch_size)
+    model = build(METHODS[method], False, arch)
+    start = time.perf_counter()
+    model.train_on_batch(x, y)
+    first = time.perf_counter() - start
+    steps = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        model.train_on_batch(x, y)
+        steps.append(time.perf_counter() - start)
+    print(json.dumps({"first_s": first, "median_s": statistics.median(steps), "peak_mb": _peak_rss_mb()}))
+
+
+def run_workers(arch, methods, batch_size, rounds):
+    results = {}
+    for method in methods:
+        output = subprocess.run(
+            [sys.executable, __file__, "--first-step-worker", arch, method, "--batch-size", str(batch_size),
+             "--rounds", str(rounds)],
+            check=True, capture_output=True, text=True).stdout
+        results[method] = json.loads(output.strip().splitlines()[-1])
+        r = results[method]
+        print(f"  {arch} {method}: first step {r['first_s']:.1f} s, median step {r['median_s']:.2f} s, "
+              f"peak {r['peak_mb']:.0f} MB", flush=True)
+    return results
+
+
+def interleaved(models, x, y, rounds):
     for model in models.values():  # trace and warm up outside the timing
         model.train_on_batch(x, y)
         model.train_on_batch(x, y)
-
-    times = {v: [] for v in variants}
-    for _ in range(args.rounds):
+    times = {v: [] for v in models}
+    for _ in range(rounds):
         for v, model in models.items():
             start = time.perf_counter()
             model.train_on_batch(x, y)
             times[v].append(time.perf_counter() - start)
+    return {v: statistics.median(t) for v, t in times.items()}
 
-    plain = statistics.median(times[("standard", False)])
+
+def arch_report(arch, methods, rounds, batch_size):
+    print(f"{arch}: one fresh process per method", flush=True)
+    runs = run_workers(arch, methods, batch_size, rounds)
+    plain, plain_first = runs["standard"]["median_s"], runs["standard"]["first_s"]
+    print(f"\n{arch}, batch {batch_size}, median of {rounds} steps after the first, keras {keras.__version__}, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    print(f"{'method':<13}{'x plain':>9}{'first step s':>14}{'first x plain':>15}{'peak MB':>9}")
+    for m in methods:
+        r = runs[m]
+        print(f"{m:<13}{r['median_s'] / plain:>9.2f}{r['first_s']:>14.1f}{r['first_s'] / plain_first:>15.2f}"
+              f"{r['peak_mb']:>9.0f}")
+    if "gfa3" in runs and "gfa1" in runs:
+        print(f"GFA(3) / GFA(1): {runs['gfa3']['median_s'] / runs['gfa1']['median_s']:.2f} (target <= 1.15)")
+        print(f"GFA(3) / plain:  {runs['gfa3']['median_s'] / plain:.2f} (target <= 2.5)")
+        print(f"first GFA(3) step / first plain step: {runs['gfa3']['first_s'] / plain_first:.2f} "
+              "(target <= 3)", flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, help="default 30 (5 with --arch)")
+    parser.add_argument("--batch-size", type=int, help="default 128 (32 with --arch)")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS),
+                        help=f"default all (with --arch: {' '.join(ARCH_METHODS)})")
+    parser.add_argument("--jit", action="store_true", help="also time each method with jit_compile=True")
+    parser.add_argument("--arch", nargs="+", choices=list(ARCHS),
+                        help="real networks: per method the step ratio, the first step and peak memory")
+    parser.add_argument("--first-step-worker", nargs=2, metavar=("ARCH", "METHOD"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.first_step_worker:
+        first_step_worker(*args.first_step_worker, args.batch_size or 32, args.rounds or 5)
+        return
+    if args.arch:
+        methods = args.methods or ARCH_METHODS
+        methods = ["standard"] + [m for m in methods if m != "standard"]
+        for arch in args.arch:
+            arch_report(arch, methods, args.rounds or 5, args.batch_size or 32)
+        return
+    args.methods = args.methods or list(METHODS)
+    args.rounds = args.rounds or 30
+    args.batch_size = args.batch_size or 128
+    if "standard" not in args.methods:
+        args.methods.insert(0, "standard")
+
+    x, y = batch(args.batch_size)
+    variants = [(m, False) for m in args.methods] + ([(m, True) for m in args.methods] if args.jit else [])
+    med = interleaved({v: build(METHODS[v[0]], v[1]) for v in variants}, x, y, args.rounds)
+    plain = med[("standard", False)]
     print(f"keras {keras.__version__}, batch {args.batch_size}, {args.rounds} interleaved rounds, "
           f"{os.cpu_count()} CPUs")
-    med = {v: statistics.median(t) for v, t in times.items()}
     width = max(len(m) for m in args.methods) + 2
     print(f"{'method':<{width}}{'jit':<6}{'median ms':>10}{'x plain':>10}{'jit/graph':>11}")
     for (method, jit), median in med.items():

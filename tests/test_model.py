@@ -346,3 +346,20 @@ def test_default_taps_are_kernel_layers_not_batch_normalization():
     outputs = keras.layers.Dense(10, name="head")(keras.layers.Flatten()(h))
     model = harden(keras.Model(inputs, outputs), layers=3)
     assert model.tapped_layers == ("conv_a", "conv_b", "head")
+
+
+def test_the_first_step_traces_train_step_once():
+    # Without a strategy Keras would build the optimizer and the compiled metrics inside
+    # the first trace, and tf.function would trace the whole second-order step twice.
+    inputs = keras.Input((6, 6, 1))
+    h = keras.layers.BatchNormalization()(keras.layers.Conv2D(2, 3)(inputs))
+    base = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(h)))
+    model = compiled(harden(base, layers=2, penalty_weight=0.1), "adam")
+    traces = []
+    train_step = model.train_step
+    model.train_step = lambda data: (traces.append(1), train_step(data))[1]
+    x = RNG.uniform(size=(8, 6, 6, 1)).astype("float32")
+    y = np.arange(8, dtype="int32") % 3
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0)
+    assert len(traces) == 1
+    assert int(model.optimizer.iterations) == 4

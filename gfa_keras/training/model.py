@@ -447,6 +447,21 @@ class HardenedModel(keras.Model):
                     next(batches))
                 break
             iterator = None
+        if self._distribute_strategy is None:
+            # Without a strategy Keras defers building to the first trace of train_step:
+            # the optimizer's and the compiled metrics' variables are then created inside
+            # it, and tf.function traces the whole step a second time (the nested tapes
+            # of a ResNet took minutes each). Build them first, as Keras does under a
+            # strategy, so the first step traces once.
+            if iterator is not None and getattr(iterator, "steps_per_epoch", None) is None:
+                # Each epoch starts a fresh iterator, so peeking at one batch loses none
+                # (with steps_per_epoch the iterator carries over: no peeking then).
+                for _, _, batches in iterator:
+                    data_batch = next(batches)
+                    break
+            if data_batch is not None:
+                self._symbolic_build(data_batch=data_batch)
+            return
         super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def get_config(self):

@@ -17,6 +17,7 @@ stale after `load_model` (the gradient through them comes back None).
 from __future__ import annotations
 
 import dataclasses
+import weakref
 
 import keras
 from keras import tree
@@ -128,6 +129,18 @@ class _Trace:
         return outputs
 
 
+# One trace per model: resolving the taps and building the extractor walk the same graph
+# (a Functional graph cannot change once built), and a ResNet50's walk takes about a second.
+_TRACES = weakref.WeakKeyDictionary()
+
+
+def _trace(model) -> _Trace:
+    trace = _TRACES.get(model)
+    if trace is None:
+        trace = _TRACES[model] = _Trace(model)
+    return trace
+
+
 def _ancestors(outputs) -> set:
     """ids of every symbolic tensor that `outputs` are computed from."""
     seen, stack = set(), list(outputs)
@@ -166,13 +179,13 @@ def layer_paths(model) -> list:
     """
     if not is_graph_model(model):
         return [MODEL_INPUT]
-    return _tappable_paths(_Trace(model))
+    return _tappable_paths(_trace(model))
 
 
 def weighted_layers(model) -> list:
     """The paths of the layers with weights (normalisation excluded) that the model's
     output depends on, in call order, reaching into nested models."""
-    return list(dict.fromkeys(c.path for c in _Trace(model).live if _is_weighted(c.layer)))
+    return list(dict.fromkeys(c.path for c in _trace(model).live if _is_weighted(c.layer)))
 
 
 def resolve_tapped_layers(model, layers) -> tuple:
@@ -234,7 +247,7 @@ def resolve_tapped_layers(model, layers) -> tuple:
             )
         return (MODEL_INPUT,)
 
-    trace = _Trace(model)
+    trace = _trace(model)
     existing = _tappable_paths(trace)
     names = []
     for given in layers:
@@ -282,7 +295,7 @@ def build_feature_extractor(model, tapped_layers) -> keras.Model:
     """
     if tuple(tapped_layers) == (MODEL_INPUT,) and not is_graph_model(model):
         raise ValueError("Subclassed models are tapped at their input; they need no feature extractor.")
-    trace = _Trace(model)
+    trace = _trace(model)
     live = {c.path for c in trace.live}
     taps = {}
     for name in tapped_layers:
