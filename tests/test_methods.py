@@ -304,8 +304,10 @@ def test_datagrad_multitask_penalty_covers_the_auxiliary_loss_gradient():
 def test_the_registry_describes_every_method_and_harden_follows_it():
     from gfa_keras.training.methods import DEFAULT_PENALTY_WEIGHTS, MethodSpec, get_method, register_method
 
-    assert {n for n, s in METHODS.items() if s.needs_eps} == {"pgd", "trades", "hybrid", "gfa_pgd", "recommended"}
-    assert DEFAULT_PENALTY_WEIGHTS == {"gfa": 0.01, "trades": 6.0, "datagrad": 0.01, "hybrid": 0.1, "gfa_pgd": 0.01}
+    assert {n for n, s in METHODS.items() if s.needs_eps} == {"pgd", "trades", "hybrid", "gfa_pgd", "recommended",
+                                                              "fgsm_rs", "n_fgsm", "n_fgsm_gradalign", "n_fgsm_gfa"}
+    assert DEFAULT_PENALTY_WEIGHTS == {"gfa": 0.01, "trades": 6.0, "datagrad": 0.01, "hybrid": 0.1, "gfa_pgd": 0.01,
+                                       "n_fgsm_gradalign": 0.2, "n_fgsm_gfa": 0.01}
     recommended = harden(linear_model(), method="recommended", eps=EPS)
     assert recommended.weight_perturbation.gamma == 5e-3 and recommended.ema_momentum == 0.999
     assert recommended.perturbation.steps == 7
