@@ -1,0 +1,68 @@
+"""Catastrophic overfitting, seen by `CatastrophicOverfittingMonitor`: single-step training of the small CNN
+on the first 6,000 Fashion-MNIST training images, PGD-10 and FGSM accuracy on the first 500 test images
+after each epoch. Writes one JSON per method into --out (resumable: finished methods are skipped).
+
+    python benchmarks/catastrophic_overfitting.py                      # eps 0.2, 6 epochs, 4 methods
+    python benchmarks/catastrophic_overfitting.py --methods fgsm n_fgsm --eps 0.3
+
+Methods: "fgsm" (zero-init FGSM with step 1.25 eps, the classic catastrophic overfitter) and any `harden`
+method that takes eps (`layers=1` for the GFA ones).
+"""
+import argparse
+import json
+import os
+import time
+import warnings
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from gfa_keras import FGSM, HardenedModel, harden  # noqa: E402
+from gfa_keras.architectures import build_architecture  # noqa: E402
+from gfa_keras.data import load_fashion_mnist  # noqa: E402
+from gfa_keras.training.monitors import CatastrophicOverfittingMonitor  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--eps", type=float, default=0.2)
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--train", type=int, default=6000)
+    p.add_argument("--methods", nargs="+", default=["fgsm", "fgsm_rs", "n_fgsm", "n_fgsm_gfa"])
+    p.add_argument("--out", default="runs/catastrophic_overfitting")
+    args = p.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    d = load_fashion_mnist()
+    x, y = d.x_train[:args.train], d.y_train[:args.train]
+    held = (d.x_test[:500], d.y_test[:500])
+    for method in args.methods:
+        path = os.path.join(args.out, f"{method}_eps{args.eps}.json")
+        if os.path.exists(path):
+            continue
+        keras.utils.set_random_seed(0)
+        base = build_architecture("small_cnn", x.shape[1:], 10, seed=0)
+        if method == "fgsm":  # zero-init FGSM at step 1.25 eps: the classic catastrophic overfitter
+            model = HardenedModel(base, perturbation=FGSM(args.eps, step_size=1.25 * args.eps), name="fgsm")
+        else:
+            model = harden(base, method=method, eps=args.eps, layers=1)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+        monitor = CatastrophicOverfittingMonitor(held, eps=args.eps, pgd_steps=10)
+        start = time.time()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            h = model.fit(x, y, epochs=args.epochs, batch_size=128, verbose=0, callbacks=[monitor]).history
+        clean = float(np.mean(np.argmax(model.predict(held[0], verbose=0), -1) == held[1]))
+        result = {"method": method, "eps": args.eps, "epochs": args.epochs, "train": args.train,
+                  "seconds": time.time() - start, "clean_accuracy_held": clean,
+                  "val_fgsm_accuracy": h["val_fgsm_accuracy"], "val_pgd_accuracy": h["val_pgd_accuracy"],
+                  "catastrophic_overfitting": h["catastrophic_overfitting"], "detected_epoch": monitor.detected_epoch,
+                  "warnings": [str(w.message) for w in caught if "Catastrophic" in str(w.message)]}
+        json.dump(result, open(path, "w"), indent=1)
+        print(json.dumps({k: v for k, v in result.items() if k != "warnings"}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
