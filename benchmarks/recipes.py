@@ -282,9 +282,10 @@ def cmd_cost(args):
     result = dict(rounds=args.rounds, batch_size=BATCH_SIZE, command=" ".join(sys.argv),
                   date=time.strftime("%Y-%m-%d %H:%M:%S"),
                   median_seconds=medians, ratio_to_pgd={r: m / medians[REFERENCE] for r, m in medians.items()})
-    write_json(Path(args.runs) / args.dataset / "cost.json", result)
     for r, m in medians.items():
-        print(f"{r:<18}{1000 * m:8.1f} ms/step {m / medians[REFERENCE]:6.2f}x PGD-7")
+        print(f"{r:<18}{1000 * m:8.1f} ms/step {m / medians[REFERENCE]:6.2f}x PGD-7", flush=True)
+    (Path(args.runs) / args.dataset).mkdir(parents=True, exist_ok=True)
+    write_json(Path(args.runs) / args.dataset / "cost.json", result)
 
 
 def _fmt(value, digits=3):
