@@ -91,7 +91,7 @@ RECIPES = {
     "n_fgsm_gradalign": dict(harden=dict(method="n_fgsm_gradalign"), passes="2 + 2 double-backprop"),
     "n_fgsm_gfa": dict(harden=dict(method="n_fgsm_gfa", layers=1), passes="2 + 1 double-backprop"),
     "n_fgsm_awp_ema": dict(harden=dict(method="n_fgsm", awp_gamma=5e-3, ema_momentum=0.999), passes="3"),
-    "recommended": dict(harden=dict(method="recommended"), passes="9 (PGD-7 + AWP)"),
+    "recommended": dict(harden=dict(method="recommended"), passes="5 (PGD-3 + AWP)"),
 }
 REFERENCE = "pgd"
 

@@ -310,7 +310,9 @@ def test_the_registry_describes_every_method_and_harden_follows_it():
                                        "n_fgsm_gradalign": 0.2, "n_fgsm_gfa": 0.01}
     recommended = harden(linear_model(), method="recommended", eps=EPS)
     assert recommended.weight_perturbation.gamma == 5e-3 and recommended.ema_momentum == 0.999
-    assert recommended.perturbation.steps == 7
+    assert recommended.perturbation.steps == 3
+    assert recommended.perturbation.step_size == pytest.approx(2.5 * EPS / 3)
+    assert harden(linear_model(), method="recommended", eps=EPS, steps=7).perturbation.steps == 7
     with pytest.raises(ValueError, match=r"Unknown method\. Expected one of \[.*'recommended'\]\. Received: method='pdg'"):
         get_method("pdg")
     with pytest.raises(ValueError, match=r"already registered\. Pass overwrite=True.*Received: name='pgd'"):
