@@ -30,10 +30,11 @@ in `--cache-dir`; or any `.keras` classifier of 28x28x1 images with `--model`. P
 the first `--points / 10` test images of each class, in file order.
 
 Needs `pip install -e ".[bench]"` (torch, torchattacks). Each side's result is cached in
-`--cache-dir` keyed by its settings, so an interrupted run resumes with the side not yet
-done (`--fresh` reruns both). Run (about 25 minutes on 2 CPU cores):
+`--cache-dir` keyed by its settings (ours also by gfa_keras' source), so an interrupted run
+resumes with the side not yet done (`--fresh` reruns both). Run (200 points took 53 minutes
+with both sides in parallel on a loaded 2-core machine):
 
-    python benchmarks/autoattack_speed.py --points 500 --eps 0.1 --threads 2
+    python benchmarks/autoattack_speed.py --points 200 --eps 0.1 --threads 2 --parallel
 """
 from __future__ import annotations
 
@@ -127,7 +128,7 @@ class SideResult:
         return cls(**data)
 
 
-def cascade(attacks, x, y, *, predict, verify, batch_size, clock=time.perf_counter):
+def cascade(attacks, x, y, *, predict, verify, batch_size, clock=time.perf_counter, log=None):
     """AutoAttack's worst-case cascade with a stopwatch on each attack.
 
     As fra31/auto-attack's `run_standard_evaluation`: the clean-correct points are
@@ -145,6 +146,7 @@ def cascade(attacks, x, y, *, predict, verify, batch_size, clock=time.perf_count
             the attack broke the point (misclassified, within eps, in the box).
         batch_size: Points per attack call.
         clock: Returns seconds; only differences are used.
+        log: If given, called with one line of progress after each attack call.
 
     Returns:
         `(broken_by, seconds, x_adv)`: per point `"clean"` / attack name / `None`, the
@@ -167,6 +169,8 @@ def cascade(attacks, x, y, *, predict, verify, batch_size, clock=time.perf_count
             adv = fn(x[index], y[index])
             seconds[name] += clock() - began
             broken = np.asarray(verify(x[index], adv, y[index]), dtype=bool)
+            if log is not None:
+                log(f"{name}: {len(index)} points, {int(broken.sum())} broken, {seconds[name]:.1f} s so far")
             for position in np.flatnonzero(broken):
                 broken_by[index[position]] = name
                 x_adv[index[position]] = adv[position]
@@ -352,6 +356,8 @@ def _timed_attacks(seconds):
                 return fn(*args, **kwargs)
             finally:
                 seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - began
+                points = len(args[1]) if len(args) > 1 else "?"
+                print(f"[gfa_keras] {name}: {points} points, {seconds[name]:.1f} s so far", flush=True)
         return run
 
     try:
@@ -381,6 +387,12 @@ def run_ours(model_path, x, y, *, eps, batch_size, checks, alongside=False):
     info = {"load average before/after": f"{load_before:.1f}/{os.getloadavg()[0]:.1f}",
             "checks": "on" if checks else "off", "keras": keras.__version__, "backend": keras.backend.backend(),
             "ran alongside the reference": alongside}
+    try:
+        info["gfa_keras commit"] = subprocess.run(
+            ["git", "-C", os.path.dirname(gfa_keras.__file__), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass  # not a git checkout
     for key in ("standard", "standard_reasons"):
         if key in settings:
             info[f"report's {key}"] = settings[key]
@@ -485,7 +497,8 @@ def run_reference(model_path, x, y, *, eps, batch_size, threads, mode):
     load_before = os.getloadavg()[0]
     began = time.perf_counter()
     broken_by, seconds, x_adv = cascade([(name, call(a)) for name, a in attacks], images, labels.numpy(),
-                                        predict=predict, verify=verify, batch_size=batch_size)
+                                        predict=predict, verify=verify, batch_size=batch_size,
+                                        log=lambda line: print(f"[torchattacks] {line}", flush=True))
     total = time.perf_counter() - began
     info = {"mode": mode, "torch threads": torch.get_num_threads(), "torch": torch.__version__,
             "torchattacks": torchattacks.__version__,
