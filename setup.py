@@ -41,6 +41,14 @@ setup(
             "websocket-client>=1.6",  # drives headless Chromium in the HTML report test
             "tensorflow-datasets>=4.9",
             "importlib_resources",
+            # keras-hub's own dependencies except tensorflow-text, which requires the full
+            # `tensorflow` wheel beside tensorflow-cpu; the README's test command installs
+            # keras-hub itself with --no-deps (its backbones need no tensorflow-text).
+            "kagglehub",
+            "regex",
+            "rich",
+            "sentencepiece",
+            "tokenizers",
         ],
     },
     entry_points={"console_scripts": ["gfa-keras=gfa_keras.cli:main"]},
