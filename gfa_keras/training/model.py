@@ -480,13 +480,14 @@ class HardenedModel(keras.Model):
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
+        # Subclasses (GFAModel) drop some parts from their config: only those present are rebuilt.
         config = dict(config)
         config["base_model"] = _deserialize(config["base_model"], custom_objects)
-        if config.get("perturbation") is not None:
-            config["perturbation"] = _deserialize(config["perturbation"], custom_objects)
-        config["regularizers"] = [_deserialize(r, custom_objects) for r in config.get("regularizers", [])]
-        if config.get("weight_perturbation") is not None:
-            config["weight_perturbation"] = _deserialize(config["weight_perturbation"], custom_objects)
+        for part in ("perturbation", "weight_perturbation"):
+            if config.get(part) is not None:
+                config[part] = _deserialize(config[part], custom_objects)
+        if "regularizers" in config:
+            config["regularizers"] = [_deserialize(r, custom_objects) for r in config["regularizers"]]
         return cls(**config)
 
 
@@ -543,11 +544,3 @@ class GFAModel(HardenedModel):
         config.update({"layers": list(alignment.tapped_layers), "penalty_weight": alignment.weight,
                        "epsilon": alignment.epsilon})
         return config
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        config["base_model"] = _deserialize(config["base_model"], custom_objects)
-        if config.get("weight_perturbation") is not None:
-            config["weight_perturbation"] = _deserialize(config["weight_perturbation"], custom_objects)
-        return cls(**config)
