@@ -42,6 +42,7 @@ import numpy as np  # noqa: E402
 
 from gfa_keras import evaluate_robustness, harden  # noqa: E402
 from gfa_keras.architectures import build_architecture  # noqa: E402
+from gfa_keras.atomic_files import write_json  # noqa: E402
 from gfa_keras.training.methods import DEFAULT_PENALTY_WEIGHTS, METHODS as REGISTERED  # noqa: E402
 from gfa_keras.data import load_dataset  # noqa: E402
 from gfa_keras.evaluation.report import RobustnessReport  # noqa: E402
@@ -128,13 +129,6 @@ def run_dir(runs, dataset, arch, method, tag=None) -> Path:
 def read_json(path: Path, default=None):
     """The parsed file, or `default` when it does not exist."""
     return json.loads(path.read_text()) if path.exists() else default
-
-
-def write_json(path: Path, value):
-    """Writes through a temporary file, so a kill never leaves half a JSON file."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    tmp.replace(path)
 
 
 def gfa_beta(runs, dataset, arch, given):

@@ -51,6 +51,7 @@ import numpy as np  # noqa: E402
 
 from gfa_keras import evaluate_robustness, harden  # noqa: E402
 from gfa_keras.architectures import build_architecture  # noqa: E402
+from gfa_keras.atomic_files import save_model, write_json  # noqa: E402
 from gfa_keras.data import load_dataset  # noqa: E402
 from gfa_keras.evaluation.report import RobustnessReport  # noqa: E402
 
@@ -131,19 +132,6 @@ def run_dir(runs, dataset, recipe, seed) -> Path:
 
 def read_json(path: Path, default=None):
     return json.loads(path.read_text()) if path.exists() else default
-
-
-def write_json(path: Path, value):
-    """Through a temporary file, so that a kill never leaves half a file."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    tmp.replace(path)
-
-
-def save_model(model, path: Path):
-    tmp = path.with_name(path.stem + ".tmp.keras")
-    model.save(tmp)
-    tmp.replace(path)
 
 
 def held_out(model, x_val, y_val, eps):

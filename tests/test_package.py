@@ -18,14 +18,15 @@ FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 ALLOWED = {
     "validation": set(),
     "threat_model": set(),
+    "atomic_files": set(),
     "data": {"validation"},
     "architectures": {"validation"},
-    "training": {"validation", "threat_model"},
+    "training": {"atomic_files", "validation", "threat_model"},
     "attacks": {"validation", "threat_model"},
-    "evaluation": {"validation", "threat_model", "attacks"},
-    "reports": {"validation", "evaluation"},
-    "tuning": {"validation", "threat_model", "training", "attacks", "evaluation", "reports"},
-    "cli": {"validation", "threat_model", "training", "attacks", "evaluation", "reports", "tuning",
+    "evaluation": {"atomic_files", "validation", "threat_model", "attacks"},
+    "reports": {"atomic_files", "validation", "evaluation"},
+    "tuning": {"atomic_files", "validation", "threat_model", "training", "attacks", "evaluation", "reports"},
+    "cli": {"atomic_files", "validation", "threat_model", "training", "attacks", "evaluation", "reports", "tuning",
             "data", "architectures"},
 }
 

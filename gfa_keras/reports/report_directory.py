@@ -28,6 +28,7 @@ import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from gfa_keras import atomic_files
 from gfa_keras.evaluation.report import (
     budget_text, format_number, format_percent, json_ready, markdown_table, robustness_tables, setting_text,
 )
@@ -147,7 +148,7 @@ def add_to_report(directory: str | os.PathLike, model_name: str | None = None, *
         data["models"].setdefault(model_name, {}).update(json_ready(sections))
     if tuning is not None:
         data["tuning"] = json_ready(tuning)
-    _write_text(path, json.dumps(data, indent=1, allow_nan=False))
+    atomic_files.write_text(path, json.dumps(data, indent=1, allow_nan=False))
     return path
 
 
@@ -194,7 +195,7 @@ def merge_reports(sources: Sequence[str | os.PathLike], directory: str | os.Path
             merged["tuning"] = data["tuning"]
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / REPORT_JSON
-    _write_text(path, json.dumps(merged, indent=1, allow_nan=False))
+    atomic_files.write_text(path, json.dumps(merged, indent=1, allow_nan=False))
     return path
 
 
@@ -229,17 +230,10 @@ def render_report(directory: str | os.PathLike) -> dict[str, Path]:
     page = html.render_page(data["title"], sections, written)
     paths = {"json": directory / REPORT_JSON, "markdown": directory / REPORT_MARKDOWN,
              "html": directory / REPORT_HTML}
-    _write_text(paths["markdown"], markdown)
-    _write_text(paths["html"], page)
+    atomic_files.write_text(paths["markdown"], markdown)
+    atomic_files.write_text(paths["html"], page)
     paths.update({key: path for key, (path, _) in figures.items()})
     return paths
-
-
-def _write_text(path, text):
-    # Write then rename, so an interrupted run never leaves half a file behind.
-    tmp = Path(f"{path}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _slug(name):

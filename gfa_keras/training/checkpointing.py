@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import keras
 
+from gfa_keras import atomic_files
 from gfa_keras.validation import check_positive_int
 
 __all__ = ["CHECKPOINT_MODEL", "CHECKPOINT_STATE", "Checkpoint", "ResumableCheckpoint", "read_checkpoint",
@@ -112,13 +113,10 @@ class ResumableCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
-        tmp_model = self.directory / f"{CHECKPOINT_MODEL}.tmp.keras"
-        self.model.save(tmp_model)
-        os.replace(tmp_model, self.directory / CHECKPOINT_MODEL)
-        state = {"epoch": epoch + 1, "settings": self.settings, "history": self.history}
-        tmp_state = self.directory / f"{CHECKPOINT_STATE}.tmp"
-        tmp_state.write_text(json.dumps(state, indent=1), encoding="utf-8")
-        os.replace(tmp_state, self.directory / CHECKPOINT_STATE)
+        # The model first: a state file never claims an epoch whose model is not on disk.
+        atomic_files.save_model(self.model, self.directory / CHECKPOINT_MODEL)
+        atomic_files.write_json(self.directory / CHECKPOINT_STATE,
+                                {"epoch": epoch + 1, "settings": self.settings, "history": self.history})
 
 
 def fit_resumable(
