@@ -22,7 +22,7 @@ only point down. Training is imported at once (its classes must be registered be
 `.keras` file loads); the evaluation (and with it cleverhans), the tuner and plotting are
 imported when first used.
 """
-import importlib
+from gfa_keras.lazy_imports import lazy_attributes
 
 from gfa_keras.training import (
     CatastrophicOverfittingMonitor,
@@ -63,17 +63,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'gfa_keras' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
-
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
 __all__ = [
     "harden",

@@ -19,11 +19,12 @@ ALLOWED = {
     "validation": set(),
     "threat_model": set(),
     "atomic_files": set(),
+    "lazy_imports": set(),
     "data": {"validation"},
     "architectures": {"validation"},
     "training": {"atomic_files", "validation", "threat_model"},
     "attacks": {"validation", "threat_model"},
-    "evaluation": {"atomic_files", "validation", "threat_model", "attacks"},
+    "evaluation": {"atomic_files", "lazy_imports", "validation", "threat_model", "attacks"},
     "reports": {"atomic_files", "validation", "evaluation"},
     "tuning": {"atomic_files", "validation", "threat_model", "training", "attacks", "evaluation", "reports"},
     "cli": {"atomic_files", "validation", "threat_model", "training", "attacks", "evaluation", "reports", "tuning",
@@ -86,6 +87,12 @@ def test_lazy_names_resolve_to_their_modules():
     assert set(gfa_keras.__all__) <= set(dir(gfa_keras))
     with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
         gfa_keras.nonexistent
+    import gfa_keras.evaluation as evaluation
+
+    assert evaluation.evaluate_robustness is evaluate_robustness
+    assert set(evaluation.__all__) <= set(dir(evaluation))
+    with pytest.raises(AttributeError, match="'gfa_keras.evaluation' has no attribute 'nonexistent'"):
+        evaluation.nonexistent
 
 
 @pytest.mark.parametrize("name", ["gfa", "hybrid", "trades"])

@@ -14,7 +14,7 @@ May import: `gfa_keras.attacks`, `gfa_keras.threat_model`, `gfa_keras.validation
 training internals, the tuner or the report directory. The names below load on first
 use, so `gfa_keras.evaluation.report` can be read without loading the attacks.
 """
-import importlib
+from gfa_keras.lazy_imports import lazy_attributes
 
 _LAZY = {
     "evaluate_robustness": "gfa_keras.evaluation.cascade",
@@ -25,16 +25,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'gfa_keras.evaluation' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
-
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
 __all__ = ["evaluate_robustness", "PRESETS", "RobustnessReport", "RobustAccuracy", "RobustEarlyStopping"]
