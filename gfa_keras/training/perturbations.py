@@ -18,7 +18,7 @@ import tensorflow as tf
 from gfa_keras.threat_model import NORMS, project, random_start
 from gfa_keras.validation import check_choice, check_clip_range, check_eps, check_number, check_positive_int
 
-__all__ = ["Perturbation", "FGSM", "NFGSM", "PGD", "cross_entropy_per_example", "check_ball"]
+__all__ = ["Perturbation", "FGSM", "NFGSM", "PGD", "cross_entropy_per_example", "check_ball", "step_seed"]
 
 
 def cross_entropy_per_example(y, logits):
@@ -126,7 +126,7 @@ class FGSM(Perturbation):
         """
         if not self.random_start:
             return x
-        return random_start(x, self.eps, self.norm, self.clip_min, self.clip_max, _step_seed())
+        return random_start(x, self.eps, self.norm, self.clip_min, self.clip_max, step_seed())
 
     def __call__(self, model, x, y, objective=cross_entropy_per_example):
         x = tf.stop_gradient(tf.cast(x, tf.float32))
@@ -189,7 +189,7 @@ class NFGSM(Perturbation):
         Returns:
             The noisy points, shaped like `x`.
         """
-        return random_start(x, self.noise_magnitude, self.norm, self.clip_min, self.clip_max, _step_seed())
+        return random_start(x, self.noise_magnitude, self.norm, self.clip_min, self.clip_max, step_seed())
 
     def __call__(self, model, x, y, objective=cross_entropy_per_example):
         x = tf.stop_gradient(tf.cast(x, tf.float32))
@@ -230,7 +230,7 @@ class PGD(Perturbation):
         if start is not None:
             x_adv = start
         elif self.random_start:
-            x_adv = random_start(x, self.eps, self.norm, self.clip_min, self.clip_max, _step_seed())
+            x_adv = random_start(x, self.eps, self.norm, self.clip_min, self.clip_max, step_seed())
         else:
             x_adv = x
 
@@ -246,7 +246,7 @@ class PGD(Perturbation):
         return tf.stop_gradient(x_adv)
 
 
-def _step_seed():
+def step_seed():
     """A fresh seed for each batch; TF's global seed (`keras.utils.set_random_seed`)
     makes the sequence reproducible."""
     return tf.random.uniform((2,), maxval=2**30, dtype=tf.int64)

@@ -17,7 +17,7 @@ import tensorflow as tf
 from gfa_keras.threat_model import random_start
 from gfa_keras.training.alignment import alignment_penalty
 from gfa_keras.training.batch_norm import frozen_moving_statistics
-from gfa_keras.training.perturbations import PGD, check_ball, cross_entropy_per_example
+from gfa_keras.training.perturbations import PGD, check_ball, cross_entropy_per_example, step_seed
 from gfa_keras.training.taps import resolve_tapped_layers
 from gfa_keras.validation import check_choice, check_int, check_number
 
@@ -315,8 +315,7 @@ class GradAlign(Regularizer):
         Returns:
             The points, shaped like `x`.
         """
-        seed = tf.random.uniform((2,), maxval=2**30, dtype=tf.int64)
-        return random_start(x, self.eps, self.norm, self.clip_min, self.clip_max, seed)
+        return random_start(x, self.eps, self.norm, self.clip_min, self.clip_max, step_seed())
 
     def penalty(self, step):
         base = step.model.base_model
