@@ -6,11 +6,25 @@ broken only when this module verifies it itself: the model misclassifies the
 adversarial point, which lies within eps of the original and inside the clip box.
 No attack is trusted. The attacks' budgets come from `presets`, the partial results
 that make a run resumable live in `state`, the checks in `masking_checks`.
+
+The data is cut into fixed blocks of `batch_size` points (block k holds points
+`[k * batch_size, (k + 1) * batch_size)`) and processed block after block: the clean
+prediction, then every eps and every attack of the cascade on the block's still-robust
+points, as one batch seeded `seed + k`. A point's result therefore depends only on its
+block, never on which other blocks are evaluated, where or in which order: that is what
+makes a run streamable from a `tf.data.Dataset`, resumable after any stage, spreadable
+over the devices of a `tf.distribute` strategy (one block per device per round) and
+splittable into shards (`shard=(index, count)`: the blocks with `k % count == index`)
+whose reports `merge_reports` joins into exactly the report of the whole run.
 """
 from __future__ import annotations
 
+import concurrent.futures
+import hashlib
+import itertools
 import math
 import os
+import types
 
 import keras
 import numpy as np
@@ -20,13 +34,13 @@ from gfa_keras.attacks import ATTACKS, NORMS, perturbation_norms, validate_attac
 from gfa_keras.evaluation import masking_checks
 from gfa_keras.evaluation.presets import PRESETS, attack_budgets, resolve_attacks, standard_reasons
 from gfa_keras.evaluation.progress import progress_bar
-from gfa_keras.evaluation.report import RobustnessReport, build_report, norm_statistics
-from gfa_keras.evaluation.state import EvaluationState, data_digest, model_digest
+from gfa_keras.evaluation.report import RobustnessReport, build_report, json_ready, norm_statistics
+from gfa_keras.evaluation.state import DataDigest, EvaluationState, model_digest
 from gfa_keras.validation import check_choice, check_eps, check_int, check_positive_int
 
-__all__ = ["PRESETS", "evaluate_robustness"]
+__all__ = ["PRESETS", "CHECK_SAMPLE_SIZE", "evaluate_robustness", "merge_reports", "norm_slack"]
 
-# Points used by the checks that need extra forward passes or attack runs.
+# Points used by the checks that need extra forward passes or attack runs: the first ones of the set.
 CHECK_SAMPLE_SIZE = 100
 # Slack on the norm bound for float32 rounding in the attacks' projections: relative to
 # eps, plus a few float32 units of the largest pixel value per coordinate (summed over
@@ -34,6 +48,11 @@ CHECK_SAMPLE_SIZE = 100
 # other than [0, 1], gets a slack of the size of its rounding error.
 NORM_RELATIVE_SLACK = 1e-5
 _FLOAT32_UNITS = 4 * float(np.finfo(np.float32).eps)
+# Settings that may differ between the shards of one run.
+_SHARD_LOCAL_SETTINGS = ("date", "num_points")
+# Facts about the whole run every shard records and the merge requires to agree.
+_SHARD_SHARED_FIELDS = ("count", "num_blocks", "total_points", "data_sha256", "model_sha256", "input_shape",
+                        "white_box", "budgets")
 
 
 def norm_slack(eps: float, norm: str, input_size: int, clip_min: float, clip_max: float) -> float:
@@ -60,6 +79,8 @@ def evaluate_robustness(
     checks: bool | list = True,
     thorough: bool = False,
     state_path: str | os.PathLike | None = None,
+    strategy=None,
+    shard: tuple | None = None,
     verbose: int = 1,
 ) -> RobustnessReport:
     """Evaluates a classifier under a worst-case cascade of attacks over all points.
@@ -72,24 +93,35 @@ def evaluate_robustness(
     (`settings["budgets"]`) and whether they are AutoAttack's standard version
     (`standard`, `standard_reasons`).
 
+    The points are processed in fixed blocks of `batch_size` (block k: points
+    `[k * batch_size, (k + 1) * batch_size)`): for each block the clean prediction,
+    then every eps and attack in cascade order, each attack on the block's points still
+    robust as one batch seeded `seed + k`. So a point's result depends only on its
+    block: a `strategy` or a `shard` gives per-example results bit-identical to a plain
+    run. The price: later attacks get smaller batches (only a block's remaining points),
+    so a cascade makes more, smaller calls than one that regroups the survivors of the
+    whole set; with AutoAttack, where APGD-CE runs on full blocks and breaks most points,
+    this costs little.
+
     Args:
         model: Callable (usually a `keras.Model`) mapping a batch to logits.
-        data: `(x, y)` arrays, or a `tf.data.Dataset` of `(x, y)` batches (read
-            into memory once). `x` in `[clip_min, clip_max]`, `y` integer labels.
+        data: `(x, y)` arrays, or a `tf.data.Dataset` of `(x, y)` batches of any size,
+            read block by block (never whole: data larger than memory streams). `x` in
+            `[clip_min, clip_max]`, `y` integer labels.
         attacks: A preset name (`"fast"`: pgd then fgsm; `"autoattack"` or
             `"standard"`: apgd_ce, apgd_t, fab_t, square) or a list of attack names
             registered in `gfa_keras.attacks.ATTACKS` (or `AttackSpec` objects),
             run in that order.
         eps: A bound or a strictly increasing list of bounds, one cascade each.
         norm: `"linf"` or `"l2"`; every chosen attack must support it.
-        batch_size: Points per attack call.
+        batch_size: Points per block, the largest batch an attack gets.
         steps: Iterations of the white-box attacks in the bounded cascade; `None`
             keeps each attack's default (or, with the `"autoattack"` preset, AutoAttack's
             standard budget). Black-box attacks (Square counts queries) and the unbounded
             minimum-norm runs keep theirs unless a dict `{attack name: steps}` names them,
             e.g. `{"apgd_ce": 100, "square": 5000}`.
         restarts: Random restarts of every attack that has a `restarts` option.
-        seed: Base seed; batch `b` of an attack gets `seed + b`.
+        seed: Base seed; every attack on block `k` gets `seed + k`.
         clip_min: Lower end of the valid input box.
         clip_max: Upper end of the valid input box.
         num_classes: Number of classes, checked against the labels and the model's
@@ -101,27 +133,44 @@ def evaluate_robustness(
         checks: True runs every gradient-masking check of
             `gfa_keras.evaluation.masking_checks` (but the `thorough` one), False none,
             a list of names from `masking_checks.CHECKS` those; their flags go in the
-            report. With one eps, the accuracy-vs-eps check probes 2x and 4x eps
-            with a fast attack on a sample.
+            report. The checks that attack or probe the model use the first
+            `CHECK_SAMPLE_SIZE` points. With one eps, the accuracy-vs-eps check probes
+            2x and 4x eps with a fast attack on that sample.
         thorough: Also rerun the strongest attack with twice the steps (or
-            restarts) on a sample and flag a change of more than a point.
-        state_path: JSON file for partial results, written after every batch; a
-            rerun with the same settings resumes from it.
+            restarts) on the sample and flag a change of more than a point.
+        state_path: JSON file for partial results, written after every attack on
+            every block; a rerun with the same settings resumes from it (a block whose
+            data changed since is an error).
+        strategy: A `tf.distribute.Strategy` over local devices (e.g.
+            `tf.distribute.MirroredStrategy()`): each round hands one block to each of
+            its `extended.worker_devices`, run in a thread per device under
+            `tf.device`. Results equal those of a run without it.
+        shard: `(index, count)`: evaluate only the blocks `k` with
+            `k % count == index` and return a shard report, to be joined with the
+            other shards' by `merge_reports`. Every shard reads the whole data (to hash
+            it and count the points) but attacks only its blocks. Shard 0 also runs the
+            checks on the sample and carries their results to the merge.
         verbose: 0 silent, 1 progress bars and a summary.
 
     Returns:
-        A `RobustnessReport`.
+        A `RobustnessReport`; with `shard`, one over the shard's points only, with no
+        flags and a `shard` field holding what `merge_reports` needs.
 
     Raises:
         ValueError: On an invalid argument (checked before any attack runs: an
-            unknown check name, `steps` for an attack without that option, ...), or
-            when `state_path` holds a state written with different settings.
+            unknown check name, `steps` for an attack without that option, a shard
+            index outside `[0, count)`, ...), on invalid data (for a Dataset, when the
+            block holding it is read), or when `state_path` holds a state written with
+            different settings or data.
 
     Example:
 
     ```python
     report = evaluate_robustness(model, (x_test, y_test), "autoattack", eps=[0.05, 0.1])
     print(report.to_markdown())
+    # The same report from two machines:
+    part = evaluate_robustness(model, (x_test, y_test), "autoattack", eps=[0.05, 0.1], shard=(0, 2))
+    # ... and shard=(1, 2) elsewhere, then merge_reports([part, other]).
     ```
     """
     eps_list = _validate_eps(eps)
@@ -152,12 +201,21 @@ def evaluate_robustness(
     check_int("seed", seed)
     selected = masking_checks.select_checks(checks, thorough)
     check_choice("verbose", verbose, (0, 1, 2), what="verbosity")
-    x, y = _read_data(data)
-    x, y = validate_attack_inputs(x, y, eps=eps_list[-1], norm=norm, clip_min=clip_min, clip_max=clip_max,
-                                  num_classes=num_classes)
-    if x.shape[0] == 0:
+    index, count = _validate_shard(shard)
+    devices = _strategy_devices(strategy)
+    source = _Blocks(data, batch_size, eps=eps_list[-1], norm=norm, clip_min=clip_min, clip_max=clip_max,
+                     num_classes=num_classes)
+    blocks = iter(source)
+    first = next(blocks, None)
+    if first is None:
         raise ValueError("data holds no examples.")
-    num_classes = _check_model_output(model, x, y, num_classes)
+    # Arrays: every label is checked now; a Dataset's later blocks are checked as they are read.
+    num_classes = _check_model_output(model, first[1], first[2] if source.y is None else source.y, num_classes)
+    source.num_classes = num_classes
+    total_blocks = source.total_blocks()
+    if total_blocks is not None and index >= total_blocks:
+        raise ValueError(f"Shard {index} of {count} would hold no block: the data has only {total_blocks} blocks of "
+                         f"{batch_size} points. Expected a shard count <= {total_blocks}. Received: shard={shard!r}")
     preset = attacks if isinstance(attacks, str) else None
     budgets = attack_budgets(specs, preset=preset, steps=steps, restarts=restarts, num_classes=num_classes)
     min_budgets = attack_budgets(min_specs, steps=steps, restarts=restarts, num_classes=num_classes,
@@ -174,49 +232,274 @@ def evaluate_robustness(
         "clip_min": float(clip_min),
         "clip_max": float(clip_max),
         "num_classes": num_classes,
-        "num_points": int(x.shape[0]),
     }
     count_zero_gradients = "zero_gradients" in selected
-    state = EvaluationState(state_path, lambda: {**settings, "data_sha256": data_digest(x, y),
-                                                 "model": model_digest(model),
-                                                 "zero_gradient_counts": count_zero_gradients})
-    settings.update(checks=sorted(selected), thorough=bool(thorough))
-    run = _Runner(model, x, y, norm, seed, clip_min, clip_max, batch_size, verbose, count_zero_gradients)
+    digest_of_model = {}
 
-    flags = masking_checks.model_checks(model, x[:CHECK_SAMPLE_SIZE], y[:CHECK_SAMPLE_SIZE], selected)
-    correct = _predict(model, x, batch_size) == y.numpy()
-    broken_by = []
-    for i, e in enumerate(eps_list):
-        row = np.where(correct, None, "clean").astype(object)
-        for spec in specs:
-            targets = np.flatnonzero(row == None)  # noqa: E711 (elementwise on an object array)
-            broken = run.cascade_stage(spec, budgets[spec.name], e, targets, state, f"eps{i}/{spec.name}")
-            row[broken] = spec.name
-        broken_by.append(row.tolist())
-    minimum_norm = {}
-    for spec in min_specs:
-        norms = np.zeros(x.shape[0])
-        norms[correct] = run.minimum_norm_stage(spec, min_budgets[spec.name], np.flatnonzero(correct), state,
-                                                f"min/{spec.name}")
-        minimum_norm[spec.name] = norm_statistics(norms, correct)
+    def digest():
+        if "sha256" not in digest_of_model:
+            digest_of_model["sha256"] = model_digest(model)
+        return digest_of_model["sha256"]
 
-    report = build_report(correct, eps_list, norm, [s.name for s in specs], broken_by, minimum_norm, settings,
-                          getattr(model, "name", type(model).__name__), _versions())
-    report.standard_reasons = standard_reasons(report.attacks, budgets, norm, num_classes)
-    report.standard = not report.standard_reasons
-    sample = np.arange(min(CHECK_SAMPLE_SIZE, x.shape[0]))
+    # The data is checked block by block against the hashes the state holds (it is never
+    # read whole, so it cannot be hashed before the first attack).
+    state = EvaluationState(state_path, lambda: {**settings, "model": digest(), "input_shape": list(first[1].shape[1:]),
+                                                 "zero_gradient_counts": count_zero_gradients,
+                                                 "shard": [index, count]})
+    run = _Runner(model, norm, seed, clip_min, clip_max, batch_size, specs, budgets, eps_list, min_specs,
+                  min_budgets, count_zero_gradients)
+    run.num_classes = num_classes
+    part = _evaluate_blocks(run, _chain(first, blocks), total_blocks, state, index, count, devices,
+                            verbose)
+    settings.update(num_points=part.total_points, checks=sorted(selected), thorough=bool(thorough))
+    white_box = {s.name: bool(s.white_box) for s in specs}
+    name = getattr(model, "name", type(model).__name__)
+    input_shape = [int(d) for d in first[1].shape[1:]]
+    sample = None
+    by_name = {s.name: s for s in specs}
 
-    def probe(spec, eps, **overrides):
-        return run.standalone_accuracy(spec, {**budgets[spec.name], **overrides}, sample, eps)
+    def live_probe(spec, e, **overrides):
+        return run.standalone_accuracy(by_name[spec.name], {**budgets[spec.name], **overrides}, part.sample_x,
+                                       part.sample_y, e)
 
-    report.flags = flags + masking_checks.cascade_checks(
-        report, specs, budgets, probe, labels=y.numpy(), sample_labels=y.numpy()[sample], input_shape=x.shape[1:],
-        clip_min=clip_min, clip_max=clip_max, num_classes=num_classes, zero_gradients=run.zero_gradients,
-        selected=selected)
-    if "more_iterations_change_little" in selected:
-        report.flags.append(masking_checks.thoroughness_check(report, specs, budgets, probe, len(sample)))
+    if index == 0:
+        sample = {"labels": part.sample_y.tolist(),
+                  "model_flags": masking_checks.model_checks(model, part.sample_x, part.sample_y, selected),
+                  "probes": []}
+    payload = {
+        "index": index, "count": count, "blocks": part.blocks, "block_sizes": part.block_sizes,
+        "num_blocks": part.num_blocks, "total_points": part.total_points, "data_sha256": part.data_sha256,
+        "model_sha256": digest() if shard is not None else None, "input_shape": input_shape,
+        "white_box": white_box, "budgets": budgets, "label_counts": part.label_counts.tolist(),
+        "zero_gradients": part.zero_gradients, "sample": sample,
+    }
+    versions = _versions()
+    if shard is None:
+        report = _complete_report(settings, name, versions, part.correct, part.broken_by, part.norms, payload,
+                                  live_probe, selected)
+    else:
+        if sample is not None:
+            sample["probes"] = _record_probes(settings, name, versions, part, payload, live_probe, selected)
+        report = _shard_report(settings, name, versions, part, payload)
     if verbose:
-        print(report.summary())
+        print(report.summary() + (f" (shard {index}/{count})" if shard is not None else ""))
+    return report
+
+
+def merge_reports(reports) -> RobustnessReport:
+    """Joins the shard reports of one evaluation into the report of the whole set.
+
+    Each shard report comes from `evaluate_robustness(..., shard=(index, count))`
+    with the same model, data and settings. The per-example results are put back in
+    the order of the data, the accuracies, budgets and `standard` flag recomputed, and
+    the gradient-masking checks run on the joined results: the report equals (per
+    example, in every accuracy, budget and flag) the one a single run over the whole set
+    returns, but for its date. The checks that need the model (input gradients,
+    logits, determinism, the probes at larger eps, `thorough`) ran in shard 0, on the
+    first `CHECK_SAMPLE_SIZE` points, and travel in its report.
+
+    Args:
+        reports: The shard reports, in any order: `RobustnessReport`s, their dicts,
+            or paths of their JSON files.
+
+    Returns:
+        The `RobustnessReport` of the whole set.
+
+    Raises:
+        ValueError: If a report is not a shard report, shards are missing or given
+            twice, their counts or indices are invalid, or they differ in settings,
+            model or data (the message names the field).
+
+    Example:
+
+    ```python
+    parts = [evaluate_robustness(model, data, "autoattack", 0.1, shard=(i, 3)) for i in range(3)]
+    report = merge_reports(parts)
+    ```
+    """
+    if isinstance(reports, (str, os.PathLike, RobustnessReport, dict)) or not hasattr(reports, "__iter__"):
+        raise ValueError("reports must be a list of shard reports (RobustnessReport, dict or JSON path). "
+                         f"Received: reports of type {type(reports).__name__}")
+    loaded = [_as_report(r, i) for i, r in enumerate(reports)]
+    if not loaded:
+        raise ValueError("merge_reports needs at least one shard report. Received: reports=[]")
+    first = loaded[0]
+    count = first.shard["count"]
+    if not isinstance(count, int) or count < 1:
+        raise ValueError(f"Shard count must be an integer >= 1. Received: count={count!r} in report 0")
+    for i, report in enumerate(loaded[1:], start=1):
+        _require_same_run(first, report, i)
+    indices = []
+    for i, report in enumerate(loaded):
+        index = report.shard["index"]
+        if not isinstance(index, int) or not 0 <= index < count:
+            raise ValueError(f"Shard index must lie in [0, {count}). Received: index={index!r} in report {i}")
+        indices.append(index)
+    duplicates = sorted({k for k in indices if indices.count(k) > 1})
+    if duplicates:
+        raise ValueError(f"Shards given twice: {duplicates}. Expected each of the {count} shards once. "
+                         f"Received shard indices {indices}")
+    missing = sorted(set(range(count)) - set(indices))
+    if missing:
+        raise ValueError(f"Shards missing: {missing} of {count}. Expected all of 0..{count - 1}. "
+                         f"Received shard indices {sorted(indices)}")
+    settings = {k: v for k, v in first.settings.items() if k not in ("model_name", "date", "versions")}
+    shared = first.shard
+    attacks, mins = settings["attacks"], settings["minimum_norm_attacks"]
+    num_blocks = shared["num_blocks"]
+    chunks = [None] * num_blocks  # per block: (correct, broken_by rows, norms per attack)
+    for report in loaded:
+        start = 0
+        for k, size in zip(report.shard["blocks"], report.shard["block_sizes"]):
+            if not 0 <= k < num_blocks or chunks[k] is not None:
+                raise ValueError(f"Shard {report.shard['index']} holds block {k}, which is outside the "
+                                 f"{num_blocks} blocks or held by another shard too.")
+            rows = [row[start:start + size] for row in report.broken_by]
+            norms = {a: report.minimum_norm[a]["norms"][start:start + size] for a in mins}
+            chunks[k] = ([by != "clean" for by in rows[0]], rows, norms)
+            start += size
+        if start != len(report.broken_by[0]):
+            raise ValueError(f"Shard {report.shard['index']} holds {len(report.broken_by[0])} points, but its "
+                             f"blocks add up to {start}.")
+    empty = [k for k, c in enumerate(chunks) if c is None]
+    if empty:
+        raise ValueError(f"No shard holds blocks {empty}: the shards do not come from one run.")
+    correct = np.concatenate([c[0] for c in chunks])
+    broken_by = [list(itertools.chain.from_iterable(c[1][i] for c in chunks)) for i in range(len(settings["eps"]))]
+    norms = {a: np.concatenate([np.asarray(c[2][a], dtype=np.float64) for c in chunks]) for a in mins}
+    owner = next(r for r in loaded if r.shard["index"] == 0)
+    zero_gradients = {}
+    for report in loaded:
+        for i, name, zero, attacked in report.shard["zero_gradients"]:
+            total = zero_gradients.setdefault((i, name), [0, 0])
+            total[0] += zero
+            total[1] += attacked
+    payload = {**shared, "index": 0, "count": 1, "sample": owner.shard["sample"],
+               "label_counts": np.sum([r.shard["label_counts"] for r in loaded], axis=0).tolist(),
+               "zero_gradients": [[i, name, z, a] for (i, name), (z, a) in sorted(
+                   zero_gradients.items(), key=lambda item: (item[0][0], attacks.index(item[0][1])))]}
+    settings["num_points"] = shared["total_points"]
+    recorded = {_probe_key(p["attack"], p["eps"], p["options"]): p["accuracy"]
+                for p in (owner.shard["sample"] or {}).get("probes", [])}
+
+    def carried_probe(spec, e, **overrides):
+        key = _probe_key(spec.name, e, overrides)
+        if key not in recorded:
+            raise ValueError(f"Shard 0 carries no probe of {spec.name} at eps={e:g} with {overrides}: its report "
+                             "was written with other checks than the others.")
+        return recorded[key]
+
+    return _complete_report(settings, first.settings.get("model_name", "model"), first.settings.get("versions", {}),
+                            correct, broken_by, norms, payload, carried_probe, frozenset(settings["checks"]))
+
+
+def _as_report(value, position):
+    if isinstance(value, (str, os.PathLike)):
+        value = RobustnessReport.from_json(value)
+    elif isinstance(value, dict):
+        value = RobustnessReport(**value)
+    if not isinstance(value, RobustnessReport):
+        raise ValueError("Each shard report must be a RobustnessReport, its dict or a JSON path. "
+                         f"Received: report {position} of type {type(value).__name__}")
+    if not value.shard:
+        raise ValueError(f"Report {position} is not a shard report (evaluate_robustness(..., shard=(index, count)) "
+                         "writes those). Received a report without a shard field.")
+    return value
+
+
+def _require_same_run(first, report, position):
+    """Raises unless `report` comes from the same run as `first`, naming the field that differs."""
+    settings = {k for k in set(first.settings) | set(report.settings) if k not in _SHARD_LOCAL_SETTINGS}
+    for key in sorted(settings):
+        if first.settings.get(key) != report.settings.get(key):
+            raise ValueError(
+                f"Shards of different runs: settings[{key!r}] differs. Expected the same model, data and settings "
+                f"in every shard. Received: {first.settings.get(key)!r} in report 0 (shard {first.shard['index']}), "
+                f"{report.settings.get(key)!r} in report {position} (shard {report.shard['index']})"
+            )
+    for key in _SHARD_SHARED_FIELDS:
+        if first.shard.get(key) != report.shard.get(key):
+            what = {"data_sha256": "data digest", "model_sha256": "model digest"}.get(key, key)
+            raise ValueError(
+                f"Shards of different runs: the {what} ({key}) differs. Expected the same model, data and settings "
+                f"in every shard. Received: {first.shard.get(key)!r} in report 0 (shard {first.shard['index']}), "
+                f"{report.shard.get(key)!r} in report {position} (shard {report.shard['index']})"
+            )
+
+
+def _probe_key(attack, eps, options):
+    return attack, float(eps), tuple(sorted((k, json_ready(v)) for k, v in dict(options).items()))
+
+
+def _stand_in_specs(settings, payload):
+    """What the checks need of each cascade attack (its name and kind), without the attack itself."""
+    return [types.SimpleNamespace(name=n, white_box=payload["white_box"][n]) for n in settings["attacks"]]
+
+
+def _complete_report(settings, model_name, versions, correct, broken_by, norms, payload, probe, selected):
+    """The report of the whole set, with its checks; the same code for a single run and a merge."""
+    eps, norm = settings["eps"], settings["norm"]
+    minimum_norm = {a: norm_statistics(norms[a], correct) for a in settings["minimum_norm_attacks"]}
+    report = build_report(correct, eps, norm, settings["attacks"], broken_by, minimum_norm, settings, model_name,
+                          versions)
+    budgets = payload["budgets"]
+    report.standard_reasons = standard_reasons(report.attacks, budgets, norm, settings["num_classes"])
+    report.standard = not report.standard_reasons
+    sample = payload["sample"]
+    specs = _stand_in_specs(settings, payload)
+    # Only the class counts matter to the chance level the checks compare with.
+    labels = np.repeat(np.arange(len(payload["label_counts"])), payload["label_counts"])
+    zero_gradients = {(eps[i], name): (zero, attacked) for i, name, zero, attacked in payload["zero_gradients"]}
+    report.flags = list(sample["model_flags"]) + masking_checks.cascade_checks(
+        report, specs, budgets, probe, labels=labels, sample_labels=np.asarray(sample["labels"]),
+        input_shape=tuple(payload["input_shape"]), clip_min=settings["clip_min"], clip_max=settings["clip_max"],
+        num_classes=settings["num_classes"], zero_gradients=zero_gradients, selected=selected)
+    if "more_iterations_change_little" in selected:
+        report.flags.append(masking_checks.thoroughness_check(report, specs, budgets, probe, len(sample["labels"])))
+    return report
+
+
+def _record_probes(settings, model_name, versions, part, payload, probe, selected):
+    """Runs every probe the merged report's checks can ask for and returns them as JSON-ready records.
+
+    The checks on the shard's own points ask for the same probes as on the whole set
+    (they depend on the settings only), but for `thorough`, which reruns whichever
+    white-box attack broke most points of the whole set: that one is not known yet, so
+    every candidate is probed.
+    """
+    records = []
+
+    def recording(spec, e, **overrides):
+        accuracy = probe(spec, e, **overrides)
+        records.append({"attack": spec.name, "eps": float(e), "options": json_ready(overrides),
+                        "accuracy": float(accuracy)})
+        return accuracy
+
+    _complete_report(settings, model_name, versions, part.correct, part.broken_by, part.norms, payload, recording,
+                     selected - {"more_iterations_change_little"})
+    if "more_iterations_change_little" in selected:
+        specs = _stand_in_specs(settings, payload)
+        for spec in specs:
+            if spec.white_box:
+                # A report in which this attack broke the most points makes the check pick it.
+                masking_checks.thoroughness_check(types.SimpleNamespace(broken_by=[[spec.name]], eps=settings["eps"]),
+                                                  specs, payload["budgets"], recording, len(part.sample_y))
+    unique = {}
+    for record in records:
+        unique.setdefault(_probe_key(record["attack"], record["eps"], record["options"]), record)
+    return list(unique.values())
+
+
+def _shard_report(settings, model_name, versions, part, payload):
+    """The report over one shard's points, carrying what `merge_reports` needs; no flags."""
+    settings = {**settings, "num_points": len(part.correct)}
+    minimum_norm = {a: norm_statistics(part.norms[a], part.correct) for a in settings["minimum_norm_attacks"]}
+    report = build_report(part.correct, settings["eps"], settings["norm"], settings["attacks"], part.broken_by,
+                          minimum_norm, settings, model_name, versions)
+    report.standard_reasons = standard_reasons(report.attacks, payload["budgets"], settings["norm"],
+                                               settings["num_classes"])
+    report.standard = not report.standard_reasons
+    report.shard = json_ready(payload)
     return report
 
 
@@ -240,26 +523,200 @@ def _validate_eps(eps):
     return [float(e) for e in values]
 
 
-def _read_data(data):
-    if isinstance(data, tf.data.Dataset):
-        xs, ys = [], []
-        for element in data:
+def _validate_shard(shard):
+    """`(index, count)`; `(0, 1)` for no shard."""
+    if shard is None:
+        return 0, 1
+    if (not isinstance(shard, (tuple, list)) or len(shard) != 2
+            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in shard)):
+        raise ValueError(f"shard must be a pair of integers (index, count). Received: shard={shard!r}")
+    index, count = int(shard[0]), int(shard[1])
+    if count < 1:
+        raise ValueError(f"The shard count must be >= 1. Received: shard={shard!r}")
+    if not 0 <= index < count:
+        raise ValueError(f"The shard index must lie in [0, {count}). Received: shard={shard!r}")
+    return index, count
+
+
+def _strategy_devices(strategy):
+    """The devices one round of blocks goes to: the strategy's worker devices, or [None] (no device scope)."""
+    if strategy is None:
+        return [None]
+    devices = getattr(getattr(strategy, "extended", None), "worker_devices", None)
+    if not isinstance(strategy, tf.distribute.Strategy) or not devices:
+        raise ValueError("strategy must be a tf.distribute.Strategy over local devices, e.g. "
+                         f"tf.distribute.MirroredStrategy(). Received: strategy of type {type(strategy).__name__}")
+    return list(devices)
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+class _Blocks:
+    """The data as blocks `(k, x, y)` of `batch_size` points (the last may be smaller), validated.
+
+    Arrays are validated whole up front (they are in memory anyway); a Dataset is read
+    element by element and regrouped, so at most one block and one element are held.
+    """
+
+    def __init__(self, data, batch_size, *, eps, norm, clip_min, clip_max, num_classes):
+        self.batch_size = batch_size
+        self.check = dict(eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max)
+        self.num_classes = num_classes
+        self.dataset = self.x = self.y = None
+        if isinstance(data, tf.data.Dataset):
+            self.dataset = data
+        elif isinstance(data, (tuple, list)) and len(data) == 2:
+            x, y = validate_attack_inputs(*data, num_classes=num_classes, **self.check)
+            self.x, self.y = x.numpy(), y.numpy()
+        else:
+            raise ValueError(
+                "data must be an (x, y) pair of arrays or a tf.data.Dataset of (x, y) batches. "
+                f"Received: data of type {type(data).__name__}"
+            )
+
+    def total_blocks(self):
+        """The number of blocks, or None when the data is a Dataset (known only once read)."""
+        return None if self.x is None else -(-len(self.y) // self.batch_size)
+
+    def __iter__(self):
+        if self.x is not None:
+            for k, start in enumerate(range(0, len(self.y), self.batch_size)):
+                yield k, self.x[start:start + self.batch_size], self.y[start:start + self.batch_size]
+            return
+        xs, ys, held, k = [], [], 0, 0
+        for element in self.dataset:
             if not isinstance(element, (tuple, list)) or len(element) != 2:
                 raise ValueError(
                     "A tf.data.Dataset passed as data must yield (x, y) batches. "
                     f"Received an element of type {type(element).__name__}"
                 )
-            xs.append(np.asarray(element[0]))
-            ys.append(np.asarray(element[1]))
-        if not xs:
-            raise ValueError("data holds no examples.")
-        return np.concatenate(xs), np.concatenate(ys)
-    if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise ValueError(
-            "data must be an (x, y) pair of arrays or a tf.data.Dataset of (x, y) batches. "
-            f"Received: data of type {type(data).__name__}"
-        )
-    return data
+            x, y = np.asarray(element[0]), np.asarray(element[1])
+            if x.ndim == 0 or y.ndim == 0:
+                raise ValueError("A tf.data.Dataset passed as data must yield batches (a leading batch axis); "
+                                 f"batch it with .batch(n). Received an element with x.shape={x.shape}")
+            xs.append(x)
+            ys.append(y)
+            held += len(y)
+            while held >= self.batch_size:
+                x, y = np.concatenate(xs), np.concatenate(ys)
+                yield (k, *self._validate(x[:self.batch_size], y[:self.batch_size]))
+                k += 1
+                xs, ys, held = [x[self.batch_size:]], [y[self.batch_size:]], held - self.batch_size
+        if held:
+            yield (k, *self._validate(np.concatenate(xs), np.concatenate(ys)))
+
+    def _validate(self, x, y):
+        x, y = validate_attack_inputs(x, y, num_classes=self.num_classes, **self.check)
+        return x.numpy(), y.numpy()
+
+
+class _Part:
+    """The results of the blocks one call evaluated, and what it saw of the whole set."""
+
+    def __init__(self):
+        self.blocks, self.block_sizes = [], []
+        self.correct_chunks, self.rows, self.norm_chunks = [], [], []
+        self.zero_gradients = []
+        self.label_counts = None
+        self.total_points = self.num_blocks = 0
+        self.data_sha256 = None
+        self.sample_x = self.sample_y = None
+
+    def finish(self, eps_count, min_names):
+        self.correct = (np.concatenate(self.correct_chunks) if self.correct_chunks else np.zeros(0, bool))
+        self.broken_by = [list(itertools.chain.from_iterable(rows[i] for rows in self.rows)) for i in range(eps_count)]
+        self.norms = {a: np.concatenate([n[a] for n in self.norm_chunks]) if self.norm_chunks else np.zeros(0)
+                      for a in min_names}
+
+
+def _evaluate_blocks(run, blocks, total_blocks, state, index, count, devices, verbose):
+    """Evaluates this shard's blocks, a round of one block per device at a time; hashes all of them."""
+    part = _Part()
+    digest = DataDigest()
+    sample_x, sample_y, sampled = [], [], 0
+    zero = {}
+    own = None if total_blocks is None else len(range(index, total_blocks, count))
+    bar = progress_bar(own, 0, f"{len(run.eps)} eps x [{', '.join(s.name for s in run.specs)}]: blocks of "
+                       f"{run.batch_size}", verbose)
+    pool = concurrent.futures.ThreadPoolExecutor(len(devices)) if len(devices) > 1 else None
+
+    def run_round(pending):
+        if pool is None:
+            with _device_scope(devices[0]):
+                results = [run.block(k, x, y, state) for k, x, y in pending]
+        else:
+            futures = [pool.submit(_on_device, device, run.block, k, x, y, state)
+                       for device, (k, x, y) in zip(devices, pending)]
+            results = [f.result() for f in futures]
+        for (k, x, y), result in zip(pending, results):
+            part.blocks.append(k)
+            part.block_sizes.append(len(y))
+            part.correct_chunks.append(result["correct"])
+            part.rows.append(result["rows"])
+            part.norm_chunks.append(result["norms"])
+            for key, (z, attacked) in result["zero_gradients"].items():
+                total = zero.setdefault(key, [0, 0])
+                total[0] += z
+                total[1] += attacked
+            counts = np.bincount(y, minlength=run.num_classes)
+            part.label_counts = counts if part.label_counts is None else part.label_counts + counts
+            bar.update(1)
+
+    try:
+        pending = []
+        for k, x, y in blocks:
+            digest.update(x, y)
+            part.total_points += len(y)
+            part.num_blocks = k + 1
+            if sampled < CHECK_SAMPLE_SIZE:
+                sample_x.append(x[:CHECK_SAMPLE_SIZE - sampled])
+                sample_y.append(y[:CHECK_SAMPLE_SIZE - sampled])
+                sampled += len(sample_y[-1])
+            if k % count != index:
+                continue
+            pending.append((k, x, y))
+            if len(pending) == len(devices):
+                run_round(pending)
+                pending = []
+        if pending:
+            run_round(pending)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+        bar.close()
+    if index >= part.num_blocks:
+        raise ValueError(f"Shard {index} of {count} holds no block: the data has only {part.num_blocks} blocks of "
+                         f"{run.batch_size} points. Expected a shard count <= {part.num_blocks}. "
+                         f"Received: shard=({index}, {count})")
+    if part.label_counts is None:
+        part.label_counts = np.zeros(run.num_classes, np.int64)
+    part.data_sha256 = digest.hexdigest()
+    part.sample_x, part.sample_y = np.concatenate(sample_x), np.concatenate(sample_y)
+    names = [s.name for s in run.specs]
+    part.zero_gradients = [[i, name, z, a] for (i, name), (z, a) in
+                           sorted(zero.items(), key=lambda item: (item[0][0], names.index(item[0][1])))]
+    part.finish(len(run.eps), [s.name for s in run.min_specs])
+    return part
+
+
+def _device_scope(device):
+    return tf.device(device) if device is not None else _NoScope()
+
+
+class _NoScope:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _on_device(device, fn, *args):
+    with tf.device(device):
+        return fn(*args)
 
 
 def _check_model_output(model, x, y, num_classes):
@@ -272,8 +729,8 @@ def _check_model_output(model, x, y, num_classes):
     outputs = int(logits.shape[-1])
     if num_classes is not None and num_classes != outputs:
         raise ValueError(f"num_classes={num_classes} does not match the model's {outputs} outputs.")
-    if bool(tf.reduce_any(y >= outputs)):
-        raise ValueError(f"Labels must be < num_classes={outputs}. Received: max(y)={int(tf.reduce_max(y))}")
+    if np.any(np.asarray(y) >= outputs):
+        raise ValueError(f"Labels must be < num_classes={outputs}. Received: max(y)={int(np.max(y))}")
     return outputs
 
 
@@ -296,16 +753,18 @@ def _verified_breaks(model, x, x_adv, y, eps, norm, clip_min, clip_max):
 
 
 class _Runner:
-    """Runs attacks batch by batch with their budgets and verifies their output."""
+    """Runs the cascade on one block at a time with the attacks' budgets and verifies their output."""
 
-    def __init__(self, model, x, y, norm, seed, clip_min, clip_max, batch_size, verbose, count_zero_gradients):
-        self.model, self.x, self.y, self.norm, self.seed = model, x, y, norm, seed
-        self.clip_min, self.clip_max = clip_min, clip_max
-        self.batch_size, self.verbose = batch_size, verbose
-        # {(eps, attack): (points with a zero input gradient, points attacked)} of the APGD runs,
-        # counted only when the check runs (one more gradient per batch).
+    def __init__(self, model, norm, seed, clip_min, clip_max, batch_size, specs, budgets, eps, min_specs,
+                 min_budgets, count_zero_gradients):
+        self.model, self.norm, self.seed = model, norm, seed
+        self.clip_min, self.clip_max, self.batch_size = clip_min, clip_max, batch_size
+        self.specs, self.budgets, self.eps = specs, budgets, eps
+        self.min_specs, self.min_budgets = min_specs, min_budgets
+        # Whether to count the attacked points with a zero input gradient in the APGD stages
+        # (one more gradient per block), only when the check runs.
         self.count_zero_gradients = count_zero_gradients
-        self.zero_gradients = {}
+        self.num_classes = None
 
     def attack(self, spec, budget, x, y, eps, seed):
         """Runs one attack on one batch with its budget and returns its (unverified) output."""
@@ -319,57 +778,89 @@ class _Runner:
             )
         return tf.cast(x_adv, tf.float32)
 
-    def broken(self, spec, budget, indices, eps, seed):
-        """Indices among `indices` that `spec` breaks, verified."""
-        x, y = tf.gather(self.x, indices), tf.gather(self.y, indices)
+    def broken(self, spec, budget, x, y, eps, seed):
+        """Per point of the batch `(x, y)`, whether `spec` breaks it (verified)."""
+        x, y = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
         x_adv = self.attack(spec, budget, x, y, eps, seed)
-        return indices[_verified_breaks(self.model, x, x_adv, y, eps, self.norm, self.clip_min, self.clip_max)]
+        return _verified_breaks(self.model, x, x_adv, y, eps, self.norm, self.clip_min, self.clip_max)
 
-    def batches(self, indices):
-        return [indices[s:s + self.batch_size] for s in range(0, len(indices), self.batch_size)]
+    def block(self, k, x, y, state):
+        """The cascade on block `k`, resuming from (and saving every stage to) `state`.
 
-    def cascade_stage(self, spec, budget, eps, targets, state, key):
-        """Runs `spec` at `eps` on `targets`, resuming from `state`; returns the broken indices."""
-        batches = self.batches(targets)
-        stage = state.get(key, {"batches_done": 0, "broken": [], "zero_gradients": 0})
-        loss = masking_checks.ZERO_GRADIENT_LOSSES.get(spec.name) if self.count_zero_gradients else None
-        bar = progress_bar(len(batches), stage["batches_done"], f"eps={eps:g} {spec.name}", self.verbose)
-        for b in range(stage["batches_done"], len(batches)):
-            broken = self.broken(spec, budget, batches[b], eps, self.seed + b)
-            zero = 0
-            if loss is not None:
-                x, y = tf.gather(self.x, batches[b]), tf.gather(self.y, batches[b])
-                zero = int(masking_checks.zero_input_gradients(self.model, x, y, loss).sum())
-            stage = {"batches_done": b + 1, "broken": stage["broken"] + broken.tolist(),
-                     "zero_gradients": stage["zero_gradients"] + zero}
-            state.put(key, stage)
-            bar.update(1)
-        bar.close()
-        if loss is not None and len(targets):
-            self.zero_gradients[(eps, spec.name)] = (stage["zero_gradients"], len(targets))
-        return np.asarray(stage["broken"], dtype=np.int64)
-
-    def minimum_norm_stage(self, spec, budget, targets, state, key):
-        """Runs `spec` unbounded on `targets`; returns their norms (inf where it failed)."""
-        batches = self.batches(targets)
-        stage = state.get(key, {"batches_done": 0, "norms": []})
-        bar = progress_bar(len(batches), stage["batches_done"], f"{spec.name} (minimum norm)", self.verbose)
-        for b in range(stage["batches_done"], len(batches)):
-            x, y = tf.gather(self.x, batches[b]), tf.gather(self.y, batches[b])
-            x_adv = self.attack(spec, budget, x, y, None, self.seed + b)
-            ok = _verified_breaks(self.model, x, x_adv, y, None, self.norm, self.clip_min, self.clip_max)
-            norms = np.where(ok, perturbation_norms(x, x_adv, self.norm).numpy(), np.inf)
+        Returns:
+            `{"correct": bool per point, "rows": per eps the row of `broken_by`,
+            "norms": {minimum-norm attack: norm per point}, "zero_gradients":
+            {(eps index, attack): (zero, attacked)}}`.
+        """
+        key = f"block{k}"
+        block_sha = hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()
+        record = state.get(key)
+        if record is not None and record["sha256"] != block_sha:
+            raise ValueError(f"Block {k} of the data (points {k * self.batch_size} to {k * self.batch_size + len(y) - 1})"
+                             f" differs from the one the state file {state.path} was written with. Expected the same "
+                             "data to resume. Use another state_path, or delete the file to start over.")
+        if record is None:
+            correct = _predict(self.model, x, self.batch_size) == y
+            record = {"sha256": block_sha, "correct": correct.tolist(), "stages": {}}
+            state.put(key, record)
+        correct = np.asarray(record["correct"], dtype=bool)
+        seed = self.seed + k
+        rows, zero_gradients = [], {}
+        for i, e in enumerate(self.eps):
+            row = np.where(correct, None, "clean").astype(object)
+            for spec in self.specs:
+                stage_key = f"eps{i}/{spec.name}"
+                stage = record["stages"].get(stage_key)
+                if stage is None:
+                    stage = self._cascade_stage(spec, e, x, y, np.flatnonzero(row == None), seed)  # noqa: E711
+                    record = {**record, "stages": {**record["stages"], stage_key: stage}}
+                    state.put(key, record)
+                row[stage["broken"]] = spec.name
+                if "zero" in stage and stage["attacked"]:
+                    zero_gradients[(i, spec.name)] = (stage["zero"], stage["attacked"])
+            rows.append(row.tolist())
+        norms = {}
+        for spec in self.min_specs:
+            stage_key = f"min/{spec.name}"
+            stage = record["stages"].get(stage_key)
+            if stage is None:
+                stage = self._minimum_norm_stage(spec, x, y, np.flatnonzero(correct), seed)
+                record = {**record, "stages": {**record["stages"], stage_key: stage}}
+                state.put(key, record)
+            values = np.zeros(len(y))
             # JSON has no inf: a failure is stored as None.
-            stage = {"batches_done": b + 1,
-                     "norms": stage["norms"] + [None if math.isinf(v) else float(v) for v in norms]}
-            state.put(key, stage)
-            bar.update(1)
-        bar.close()
-        return np.array([math.inf if v is None else v for v in stage["norms"]], dtype=np.float64)
+            values[correct] = [math.inf if v is None else v for v in stage["norms"]]
+            norms[spec.name] = values
+        return {"correct": correct, "rows": rows, "norms": norms, "zero_gradients": zero_gradients}
 
-    def standalone_accuracy(self, spec, budget, sample, eps):
-        """Accuracy of `spec` alone at `eps` on the points `sample` (misclassified clean points count)."""
-        correct = _predict(self.model, tf.gather(self.x, sample), self.batch_size) == self.y.numpy()[sample]
-        broken = sum(len(self.broken(spec, budget, batch, eps, self.seed + b))
-                     for b, batch in enumerate(self.batches(sample[correct])))
-        return (int(correct.sum()) - broken) / len(sample)
+    def _cascade_stage(self, spec, eps, x, y, targets, seed):
+        """`spec` at `eps` on the block's points `targets`: `{"broken": indices in the block[, "zero", "attacked"]}`."""
+        loss = masking_checks.ZERO_GRADIENT_LOSSES.get(spec.name) if self.count_zero_gradients else None
+        stage = {"broken": []}
+        if loss is not None:
+            stage.update(zero=0, attacked=len(targets))
+        if not len(targets):
+            return stage
+        xt, yt = x[targets], y[targets]
+        stage["broken"] = targets[self.broken(spec, self.budgets[spec.name], xt, yt, eps, seed)].tolist()
+        if loss is not None:
+            stage["zero"] = int(masking_checks.zero_input_gradients(self.model, xt, yt, loss).sum())
+        return stage
+
+    def _minimum_norm_stage(self, spec, x, y, targets, seed):
+        """`spec` unbounded on the block's points `targets`: `{"norms": norm per target, None where it failed}`."""
+        if not len(targets):
+            return {"norms": []}
+        xt, yt = tf.convert_to_tensor(x[targets]), tf.convert_to_tensor(y[targets])
+        x_adv = self.attack(spec, self.min_budgets[spec.name], xt, yt, None, seed)
+        ok = _verified_breaks(self.model, xt, x_adv, yt, None, self.norm, self.clip_min, self.clip_max)
+        norms = perturbation_norms(xt, x_adv, self.norm).numpy()
+        return {"norms": [float(v) if good else None for v, good in zip(norms, ok)]}
+
+    def standalone_accuracy(self, spec, budget, x, y, eps):
+        """Accuracy of `spec` alone at `eps` on the sample `(x, y)` (misclassified clean points count)."""
+        correct = np.flatnonzero(_predict(self.model, x, self.batch_size) == y)
+        broken = sum(int(self.broken(spec, budget, x[batch], y[batch], eps, self.seed + b).sum())
+                     for b, batch in enumerate(correct[s:s + self.batch_size]
+                                               for s in range(0, len(correct), self.batch_size)))
+        return (len(correct) - broken) / len(y)

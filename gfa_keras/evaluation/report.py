@@ -179,6 +179,12 @@ class RobustnessReport:
             reports written before this was recorded. The number of points is not
             part of it: `settings["num_points"]` says how many were evaluated.
         standard_reasons: Why `standard` is False, e.g. `"square: 1000 queries < 5000"`.
+        shard: `None` for the report of a whole set. In a shard report
+            (`evaluate_robustness(..., shard=(index, count))`, which covers only the
+            shard's blocks and has no flags) what `merge_reports` needs: `index`,
+            `count`, the shard's `blocks` and their sizes, the whole set's point count and
+            data digest, the model digest, the class counts, the zero-gradient counts and,
+            in shard 0, the `sample` checks' results.
 
     Example:
 
@@ -203,6 +209,7 @@ class RobustnessReport:
     flags: list = dataclasses.field(default_factory=list)
     standard: bool | None = None
     standard_reasons: list = dataclasses.field(default_factory=list)
+    shard: dict | None = None
 
     def robust_mask(self, eps_index: int = 0) -> list:
         """Per point, whether it survived every attack at `eps[eps_index]`."""

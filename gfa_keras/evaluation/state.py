@@ -6,21 +6,53 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 
 import keras
 import numpy as np
 
-__all__ = ["EvaluationState", "data_digest", "model_digest"]
+__all__ = ["EvaluationState", "DataDigest", "data_digest", "model_digest", "STATE_VERSION"]
 
-# Version 3: the fingerprint holds each attack's full budget; APGD stages count zero gradients.
-STATE_VERSION = 3
+# Version 4: results are kept per block of `batch_size` points (each with its data's hash), so a
+# run, a shard of it or a resumed run attacks every point in the same batch with the same seed.
+STATE_VERSION = 4
+
+
+class DataDigest:
+    """SHA-256 of a data set's inputs and labels, fed block by block.
+
+    The inputs and the labels are hashed separately and the two digests hashed together,
+    so the result does not depend on how the data was cut into blocks, and a data set
+    streamed from a `tf.data.Dataset` hashes like the same arrays.
+
+    Example:
+
+    ```python
+    digest = DataDigest()
+    for x, y in blocks:
+        digest.update(x, y)
+    digest.hexdigest()
+    ```
+    """
+
+    def __init__(self):
+        self._x, self._y = hashlib.sha256(), hashlib.sha256()
+
+    def update(self, x, y):
+        """Adds the next block: `x` (hashed as float32) and its labels (as int32)."""
+        self._x.update(np.ascontiguousarray(x, dtype=np.float32).tobytes())
+        self._y.update(np.ascontiguousarray(y, dtype=np.int32).tobytes())
+
+    def hexdigest(self) -> str:
+        """The digest of everything added so far."""
+        return hashlib.sha256(self._x.digest() + self._y.digest()).hexdigest()
 
 
 def data_digest(x, y) -> str:
-    """SHA-256 of the inputs and labels."""
-    h = hashlib.sha256(np.asarray(x).tobytes())
-    h.update(np.asarray(y).tobytes())
-    return h.hexdigest()
+    """SHA-256 of the inputs and labels: `DataDigest` fed with the whole set at once."""
+    digest = DataDigest()
+    digest.update(x, y)
+    return digest.hexdigest()
 
 
 def model_digest(model) -> str:
@@ -32,11 +64,15 @@ def model_digest(model) -> str:
 
 
 class EvaluationState:
-    """Stages' partial results in a JSON file, rewritten atomically after every batch.
+    """Per-block partial results in a JSON file, rewritten atomically after every stage.
+
+    Safe to `put` from several threads (the blocks of one round run in parallel on the
+    devices of a `tf.distribute` strategy). A value handed to `put` must not be mutated
+    afterwards: store a new dict instead.
 
     Args:
         path: The JSON file, or None to keep the state in memory only.
-        make_fingerprint: Called only when `path` is given (hashing data and weights
+        make_fingerprint: Called only when `path` is given (hashing the weights
             costs time): returns the JSON-ready dict a saved state must match.
 
     Raises:
@@ -45,7 +81,8 @@ class EvaluationState:
 
     def __init__(self, path, make_fingerprint):
         self.path = None if path is None else os.fspath(path)
-        self.data = {"version": STATE_VERSION, "fingerprint": None, "stages": {}}
+        self._lock = threading.Lock()
+        self.data = {"version": STATE_VERSION, "fingerprint": None, "blocks": {}}
         if self.path is None:
             return
         fingerprint = json.loads(json.dumps(make_fingerprint()))
@@ -68,17 +105,19 @@ class EvaluationState:
             )
         self.data = saved
 
-    def get(self, key, default):
-        """The saved value of stage `key`, or `default`."""
-        return self.data["stages"].get(key, default)
+    def get(self, key, default=None):
+        """The saved value of `key`, or `default`."""
+        with self._lock:
+            return self.data["blocks"].get(key, default)
 
     def put(self, key, value):
-        """Stores stage `key` and rewrites the file."""
-        self.data["stages"][key] = value
-        if self.path is None:
-            return
-        folder = os.path.dirname(os.path.abspath(self.path))
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".robustness_state_", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(self.data, f)
-        os.replace(tmp, self.path)
+        """Stores `key` and rewrites the file."""
+        with self._lock:
+            self.data["blocks"][key] = value
+            if self.path is None:
+                return
+            folder = os.path.dirname(os.path.abspath(self.path))
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".robustness_state_", suffix=".tmp")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(self.data, f)
+            os.replace(tmp, self.path)
