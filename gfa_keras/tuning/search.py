@@ -50,6 +50,7 @@ from gfa_keras.validation import (
     check_positive_int,
 )
 from gfa_keras.evaluation.callbacks import RobustAccuracy
+from gfa_keras.evaluation.report import format_number, markdown_table
 from gfa_keras.training.methods import DEFAULT_PENALTY_WEIGHTS, METHODS, harden
 from gfa_keras.training.model import check_base_model
 from gfa_keras.training.monitors import CollapseGuard, TrainingCollapsedError
@@ -393,13 +394,12 @@ class TuningResult:
         names = sorted({k for t in self.trials for k in t["hyperparameters"] if not k.startswith("tuner/")})
         front = {t["trial_id"] for t in self.pareto_front()}
         header = ["trial", "status", *names, "clean", "robust", self.objective, "Pareto"]
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for t in self.trials:
-            cells = [t["trial_id"], t["status"], *(_fmt(t["hyperparameters"].get(n)) for n in names),
-                     _fmt(t["clean_accuracy"]), _fmt(t["robust_accuracy"]), _fmt(t["objective"]),
-                     "yes" if t["trial_id"] in front else ""]
-            lines.append("| " + " | ".join(cells) + " |")
-        return "\n".join(lines)
+        # A hyperparameter outside a trial's method's scope shows as n/a.
+        rows = [[t["trial_id"], t["status"], *(format_number(t["hyperparameters"].get(n)) for n in names),
+                 format_number(t["clean_accuracy"]), format_number(t["robust_accuracy"]),
+                 format_number(t["objective"]), "yes" if t["trial_id"] in front else ""]
+                for t in self.trials]
+        return "\n".join(markdown_table(header, rows))
 
     def plot_tradeoff(self, path=None):
         """Clean vs robust accuracy per trial, the Pareto front highlighted (`plots.plot_tuning_trials`).
@@ -603,14 +603,6 @@ def _failure_summary(search_tuner):
     failed = [t for t in trials if t.message]
     why = failed[-1].message.strip().splitlines()[-1] if failed else "no trial recorded an error"
     return f"Trials by status: {statuses}. The last failure: {why}"
-
-
-def _fmt(value):
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
 
 
 def _scope(hp, methods, all_methods):
