@@ -1,11 +1,12 @@
 """Adversarial weight perturbation (AWP): one step against a NumPy computation on a linear
 model, on clean and on adversarial points; TRADES attacks once per step; batch-norm
-statistics move once; saving, loading and bad input."""
+statistics move once, by the forward pass at the perturbed weights; saving, loading and bad input."""
 import math
 
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from gfa_keras import PGD, AdversarialWeightPerturbation, HardenedModel, TradesKL, harden
 
@@ -123,6 +124,44 @@ def test_awp_leaves_batch_norm_statistics_moved_once():
                     awp.base_model.get_layer("bn").non_trainable_weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
     assert np.abs(awp.base_model.get_layer("bn").moving_mean.numpy()).max() > 1e-3
+
+
+def test_awp_moves_batch_norm_statistics_by_one_forward_pass_at_the_perturbed_weights():
+    """Wu et al.'s semantics, traced: the ascent pass (at w) leaves the statistics; the
+    update's training forward pass, at w + delta, is the one that moves them."""
+    keras.utils.set_random_seed(2)
+    base = keras.Sequential([keras.Input((2, 3)), keras.layers.Dense(5, name="hidden"),
+                             keras.layers.BatchNormalization(name="bn", momentum=0.5),
+                             keras.layers.Flatten(), keras.layers.Dense(4, name="logits")])
+    bn = base.get_layer("bn")
+    initial = base.get_weights()
+    kernels = [base.get_layer("hidden").kernel, base.get_layer("logits").kernel]
+    ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def statistics_after_one_forward_pass(deltas):
+        base.set_weights(initial)
+        for kernel, delta in zip(kernels, deltas):
+            kernel.assign_add(delta)
+        base(X, training=True)
+        statistics = [bn.moving_mean.numpy(), bn.moving_variance.numpy()]
+        base.set_weights(initial)
+        return statistics
+
+    # The perturbation by hand, from the gradient at w of the training-mode loss.
+    with tf.GradientTape() as tape:
+        loss = ce(Y, base(X, training=True))
+    gradients = tape.gradient(loss, kernels)
+    deltas = [GAMMA * np.linalg.norm(k.numpy()) * g.numpy() / np.linalg.norm(g.numpy())
+              for k, g in zip(kernels, gradients)]
+    at_perturbed = statistics_after_one_forward_pass(deltas)
+    at_unperturbed = statistics_after_one_forward_pass([np.zeros(k.shape, "float32") for k in kernels])
+
+    model = compiled(HardenedModel(base, weight_perturbation=AdversarialWeightPerturbation(GAMMA)))
+    model.fit(X, Y, batch_size=len(X), epochs=1, shuffle=False, verbose=0)
+    for got, want, unwanted in zip([bn.moving_mean.numpy(), bn.moving_variance.numpy()], at_perturbed,
+                                   at_unperturbed):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        assert np.abs(got - unwanted).max() > 1e-4  # the two candidates are told apart
 
 
 def test_awp_saves_loads_and_resumes(tmp_path):

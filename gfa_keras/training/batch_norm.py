@@ -8,6 +8,10 @@ loss is computed on. Extra training-mode passes that a method makes for a penalt
 (TRADES' pass on the adversarial batch, a weight-perturbation ascent step)
 normalize with their own batch statistics, as the method prescribes, but must not
 move the running averages; `frozen_moving_statistics` does that.
+
+With adversarial weight perturbation (AWP) the one moving pass is the update's forward
+pass, which runs at the perturbed weights w + delta, as in Wu et al.'s code; the ascent
+pass at w that finds delta leaves the statistics alone (see `weight_perturbation`).
 """
 from __future__ import annotations
 

@@ -121,6 +121,9 @@ class HardenedModel(keras.Model):
             2020): each step then takes its gradient at weights moved up the training
             objective (computed on the perturbed batch) and removes the move after the
             optimizer step. Costs one more forward and backward pass per step.
+            Batch-norm moving statistics are then moved by the update's training
+            forward pass at the perturbed weights (as in Wu et al.'s code); the ascent
+            pass at the unperturbed weights leaves them alone.
         ema_momentum: None, or a number in (0, 1) (e.g. 0.999): keep an exponential
             moving average of the base model's weights AND its non-trainable float
             variables (batch-norm statistics), updated after every step with momentum
@@ -363,7 +366,8 @@ class HardenedModel(keras.Model):
         (variables, deltas, objective at the unperturbed weights)."""
         perturbed = self.weight_perturbation.perturbed(self.trainable_variables)
         # The ascent pass runs in training mode, like the update's, but must not move
-        # batch-norm statistics a second time: they are put back afterwards.
+        # batch-norm statistics: they are put back afterwards, and the update's pass (at
+        # the perturbed weights) moves them once, as Wu et al.'s proxy model arranges.
         statistics = _averaged(self.base_model.non_trainable_variables)
         saved = [tf.identity(keras.ops.convert_to_tensor(v)) for v in statistics]
         with tf.GradientTape() as tape:
