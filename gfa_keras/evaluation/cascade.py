@@ -419,7 +419,9 @@ def _require_same_run(first, report, position):
             )
     for key in _SHARD_SHARED_FIELDS:
         if first.shard.get(key) != report.shard.get(key):
-            what = {"data_sha256": "data digest", "model_sha256": "model digest"}.get(key, key)
+            what = {"count": "shard count", "num_blocks": "number of blocks", "total_points": "number of points",
+                    "data_sha256": "data digest", "model_sha256": "model digest", "input_shape": "input shape",
+                    "white_box": "attacks' kinds", "budgets": "attacks' budgets"}[key]
             raise ValueError(
                 f"Shards of different runs: the {what} ({key}) differs. Expected the same model, data and settings "
                 f"in every shard. Received: {first.shard.get(key)!r} in report 0 (shard {first.shard['index']}), "

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
 
 import keras
 import numpy as np
+
+from gfa_keras.atomic_files import write_json
 
 __all__ = ["EvaluationState", "DataDigest", "data_digest", "model_digest", "STATE_VERSION"]
 
@@ -114,10 +115,5 @@ class EvaluationState:
         """Stores `key` and rewrites the file."""
         with self._lock:
             self.data["blocks"][key] = value
-            if self.path is None:
-                return
-            folder = os.path.dirname(os.path.abspath(self.path))
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".robustness_state_", suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.data, f)
-            os.replace(tmp, self.path)
+            if self.path is not None:
+                write_json(self.path, self.data, indent=None)
