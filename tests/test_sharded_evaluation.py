@@ -294,3 +294,66 @@ def keras_clone_with_other_weights(model):
     clone.set_weights([w * 1.01 for w in model.get_weights()])
     assert clone.name == model.name
     return clone
+
+
+CLI_FLAGS = ["--dataset", "digits", "--test-limit", "60", "--attacks", "fgsm,apgd_ce", "--attack-steps", "3",
+             "--eps", "0.05", "0.1", "--eval-batch-size", "16", "--minimum-norm", "deepfool", "--landscape-points",
+             "5", "--verbose", "0"]
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory, trained_digits_model):
+    path = tmp_path_factory.mktemp("models") / "plain.keras"
+    trained_digits_model.save(path)
+    return path
+
+
+@pytest.mark.slow  # two subprocesses
+def test_two_cli_processes_with_shards_merge_into_the_single_process_report(model_file, tmp_path):
+    from gfa_keras.cli.commands import EXIT_OK, main
+
+    shards = tmp_path / "shards"
+    started = [subprocess.Popen([sys.executable, "-m", "gfa_keras", "evaluate", str(model_file), *CLI_FLAGS,
+                                 "--shard", f"{i}/2", "--out", str(shards)], env=worker_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=600) for p in started]
+    assert [p.returncode for p in started] == [0, 0], [err[-2000:] for _, err in outputs]
+    assert "plain: not the AutoAttack standard version (attacks fgsm, apgd_ce instead of apgd_ce, apgd_t, fab_t, " \
+           "square), 32 points of shard 0/2" in outputs[0][0]  # blocks 0 and 2 of 16 points
+    files = sorted(shards.glob("plain.shard-*-of-2.json"))
+    assert [f.name for f in files] == ["plain.shard-0-of-2.json", "plain.shard-1-of-2.json"]
+    assert not (shards / "report.json").exists()
+    assert main(["merge", *map(str, files[::-1]), "--out", str(tmp_path / "merged")]) == EXIT_OK
+    assert main(["evaluate", str(model_file), *CLI_FLAGS, "--out", str(tmp_path / "single")]) == EXIT_OK
+    merged, single = [json.loads((tmp_path / d / "report.json").read_text())["models"]["plain"]
+                      for d in ("merged", "single")]
+    for sections in (merged, single):
+        sections["robustness"]["settings"].pop("date")
+    assert merged["robustness"] == single["robustness"]
+    assert merged["landscape"] == single["landscape"]
+    assert (tmp_path / "merged" / "report.html").exists()
+
+
+@pytest.mark.parametrize("shard", ["2/2", "x", "1/0", "-1/2", "1/2/3"])
+def test_bad_shard_flags_exit_2_with_one_line(shard, capsys):
+    from gfa_keras.cli.commands import EXIT_USAGE, main
+
+    assert main(["evaluate", "m.keras", "--out", "x", f"--shard={shard}"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "argument --shard: expected I/N" in err and f"received {shard!r}" in err
+
+
+def test_merging_a_missing_or_incomplete_set_exits_1(parts, tmp_path, capsys):
+    from gfa_keras.cli.commands import EXIT_FAILURE, main
+
+    assert main(["merge", str(tmp_path / "nope.json"), "--out", str(tmp_path / "out")]) == EXIT_FAILURE
+    assert "Cannot read the shard report" in capsys.readouterr().err
+    parts[1].to_json(tmp_path / "one.json")
+    assert main(["merge", str(tmp_path / "one.json"), "--out", str(tmp_path / "out")]) == EXIT_FAILURE
+    assert "Shards missing: [0] of 2" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_a_sharded_run_with_an_attack_seed_cannot_reach_warns(trained_digits_model, data):
+    with pytest.warns(UserWarning, match=r"\['pgd'\] draw their random start from TensorFlow's global random state"):
+        evaluate_robustness(trained_digits_model, data, **{**FAST, "attacks": ["pgd"]}, steps=2, shard=(0, 2))

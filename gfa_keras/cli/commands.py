@@ -5,8 +5,10 @@
     gfa-keras evaluate runs/gfa/mlp_gfa.keras --dataset digits --attacks autoattack --eps 0.05 0.1 --out runs/cmp
     gfa-keras tune --model mlp --dataset digits --min-weight 1e-3 --max-weight 1 --trials 8 --out runs/tune
     gfa-keras report runs/plain runs/gfa --out runs/cmp
+    gfa-keras evaluate runs/gfa/mlp_gfa.keras --attacks autoattack --shard 0/2 --out runs/parts   # and 1/2
+    gfa-keras merge runs/parts/mlp_gfa.shard-*-of-2.json --out runs/cmp
 
-Every command writes a report directory (`report.json`, `report.md`, `report.html`
+Every command but `evaluate --shard` (which writes one shard's JSON for `merge`) writes a report directory (`report.json`, `report.md`, `report.html`
 and PNG plots, see `gfa_keras.reports.report_directory`).
 
 Exit codes: 0 success; 1 the run failed (a file missing or corrupt, data not
@@ -35,7 +37,8 @@ from gfa_keras.reports import plots, report_directory
 from gfa_keras.architectures import ARCHITECTURES, build_architecture
 from gfa_keras.attacks import ATTACKS, NORMS
 from gfa_keras.data import load_dataset
-from gfa_keras.evaluation.cascade import PRESETS, evaluate_robustness
+from gfa_keras.evaluation.cascade import PRESETS, evaluate_robustness, merge_reports
+from gfa_keras.evaluation.report import RobustnessReport, json_ready
 from gfa_keras.training.checkpointing import CHECKPOINT_MODEL, CHECKPOINT_STATE, fit_resumable, read_checkpoint
 from gfa_keras.training.methods import METHODS, harden
 from gfa_keras.tuning.search import DEFAULT_PENALTY_RANGE, OBJECTIVES, TUNERS, tune
@@ -94,6 +97,18 @@ _non_negative_int = _number_type(int, check_int, minimum=0)
 _non_negative_float = _number_type(float, check_number, low=0)
 _positive_float = _number_type(float, check_number, low=0, low_open=True)
 _fraction = _number_type(float, check_number, low=0, high=1, high_open=True)
+
+
+def _shard(text):
+    """`I/N` -> `(I, N)` with `0 <= I < N`."""
+    match = re.fullmatch(r"\s*([+-]?\d+)\s*/\s*([+-]?\d+)\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected I/N, shard I of N with 0 <= I < N (e.g. 0/2), received {text!r}")
+    index, count = int(match.group(1)), int(match.group(2))
+    if count < 1 or not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"expected I/N with N >= 1 and 0 <= I < N (shards are numbered from 0), "
+                                         f"received {text!r}")
+    return index, count
 
 
 def _layers(text):
@@ -311,6 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("model", metavar="MODEL.keras", help="the model file")
     evaluate.add_argument("--name", help="the model's name in the report (default: the file name without .keras)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the attacks (default: 0)")
+    evaluate.add_argument("--shard", type=_shard, metavar="I/N",
+                          help="evaluate only shard I of N (the blocks of --eval-batch-size points k with k %% N == I) "
+                               "and write <out>/<name>.shard-I-of-N.json for `merge`, which joins the N shards into "
+                               "exactly the report of one run")
+    evaluate.add_argument("--mirrored", action="store_true",
+                          help="spread the blocks over the local devices (tf.distribute.MirroredStrategy), one block "
+                               "per device at a time; the results are those of one device")
     _add_common_flags(evaluate)
     _add_data_flags(evaluate)
     _add_evaluation_flags(evaluate, in_train=False)
@@ -331,6 +353,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tuning_flags(tune)
     _add_data_flags(tune)
     tune.set_defaults(handler=_tune)
+
+    merge = commands.add_parser(
+        "merge", help="join the shard reports of `evaluate --shard I/N` into one report",
+        description="Join the N shard reports of one evaluation (evaluate --shard 0/N ... N-1/N, same model, data "
+                    "and flags) into the report of the whole test set, equal to that of one evaluate run, and add "
+                    "it to the report directory --out.")
+    merge.add_argument("shards", nargs="+", metavar="SHARD.json", help="the shard reports, in any order")
+    merge.add_argument("--out", required=True, metavar="DIR", help="the report directory to write (created if needed)")
+    merge.add_argument("--title", help="the report's title")
+    merge.set_defaults(handler=_merge)
 
     report = commands.add_parser(
         "report", help="render report directories as Markdown, PNG plots and one HTML page",
@@ -424,25 +456,44 @@ def _default_eps(dataset):
 
 
 def _evaluate_into_report(model, name, data, args, *, attacks, eps, norm, seed):
-    """Runs the robustness evaluation (and the loss landscape), adds both to the report."""
+    """Runs the robustness evaluation (and the loss landscape), adds both to the report.
+
+    With `args.shard`, writes the shard's report to `<out>/<name>.shard-I-of-N.json`
+    instead (shard 0's carries the loss landscape to `merge`).
+    """
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    state = out / f".{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.evaluation_state.json"
+    shard = getattr(args, "shard", None)
+    stem = re.sub(r'[^A-Za-z0-9_.-]+', '_', name) + ("" if shard is None else ".shard-{}-of-{}".format(*shard))
+    state = out / f".{stem}.evaluation_state.json"
+    strategy = None
+    if getattr(args, "mirrored", False):
+        import tensorflow as tf
+
+        strategy = tf.distribute.MirroredStrategy()
     report = evaluate_robustness(
         model, data.test, attacks, eps=eps, norm=norm, steps=args.attack_steps, restarts=args.restarts,
         seed=seed, batch_size=args.eval_batch_size, minimum_norm_attacks=args.minimum_norm,
-        checks=not args.no_checks, state_path=state, verbose=args.verbose)
+        checks=not args.no_checks, state_path=state, strategy=strategy, shard=shard, verbose=args.verbose)
     report.settings["model_name"] = name
     report.settings["dataset"] = data.name
     # Which budget ran, even when silent: a reduced run must not pass for the standard version.
-    print(f"{name}: {report.budget_summary()}, {report.settings['num_points']} points")
+    part = "" if shard is None else " of shard {}/{}".format(*shard)
+    print(f"{name}: {report.budget_summary()}, {report.settings['num_points']} points{part}")
     landscape = None
-    if args.landscape_points:
+    if args.landscape_points and (shard is None or shard[0] == 0):
         # An all-black image has no radial direction: take the first points that are not.
         usable = np.flatnonzero(np.any(data.x_test.reshape(len(data.x_test), -1) != 0, axis=1))
         points = usable[:args.landscape_points]
         landscape = plots.loss_along_directions(model, data.x_test[points], data.y_test[points], seed=seed)
-    report_directory.add_to_report(out, name, robustness=report, landscape=landscape)
+    if shard is not None:
+        if landscape is not None:
+            report.shard["landscape"] = json_ready(landscape)
+        path = out / f"{stem}.json"
+        report.to_json(path)
+        print(f"shard report: {path}")
+    else:
+        report_directory.add_to_report(out, name, robustness=report, landscape=landscape)
     state.unlink(missing_ok=True)
     return report
 
@@ -554,6 +605,28 @@ def _evaluate(args):
     _check_fits_data(model, data, model_path)
     _evaluate_into_report(model, name, data, args, attacks=args.attacks, eps=args.eps or _default_eps(args.dataset),
                           norm=args.norm, seed=args.seed)
+    if args.shard is None:
+        _finish_report(args.out)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- merge
+
+
+def _merge(args):
+    reports = []
+    for path in args.shards:
+        try:
+            reports.append(RobustnessReport.from_json(Path(path)))
+        except (OSError, ValueError) as e:
+            raise CommandError(f"Cannot read the shard report {path}: {' '.join(str(e).split())}") from None
+    merged = merge_reports(reports)
+    name = merged.settings.get("model_name", "model")
+    owner = next(r for r in reports if r.shard["index"] == 0)
+    print(f"{name}: {merged.budget_summary()}, {merged.settings['num_points']} points from "
+          f"{len(reports)} shards")
+    report_directory.add_to_report(args.out, name, robustness=merged, landscape=owner.shard.get("landscape"),
+                                   title=args.title)
     _finish_report(args.out)
     return EXIT_OK
 

@@ -25,6 +25,7 @@ import itertools
 import math
 import os
 import types
+import warnings
 
 import keras
 import numpy as np
@@ -38,7 +39,7 @@ from gfa_keras.evaluation.report import RobustnessReport, build_report, json_rea
 from gfa_keras.evaluation.state import DataDigest, EvaluationState, model_digest
 from gfa_keras.validation import check_choice, check_eps, check_int, check_positive_int
 
-__all__ = ["PRESETS", "CHECK_SAMPLE_SIZE", "evaluate_robustness", "merge_reports", "norm_slack"]
+__all__ = ["PRESETS", "CHECK_SAMPLE_SIZE", "UNSEEDED_ATTACKS", "evaluate_robustness", "merge_reports", "norm_slack"]
 
 # Points used by the checks that need extra forward passes or attack runs: the first ones of the set.
 CHECK_SAMPLE_SIZE = 100
@@ -48,6 +49,9 @@ CHECK_SAMPLE_SIZE = 100
 # other than [0, 1], gets a slack of the size of its rounding error.
 NORM_RELATIVE_SLACK = 1e-5
 _FLOAT32_UNITS = 4 * float(np.finfo(np.float32).eps)
+# Attacks whose randomness `seed` cannot reach: cleverhans' PGD draws its random start from
+# TensorFlow's global random state, so its results depend on what ran before it in the process.
+UNSEEDED_ATTACKS = ("pgd",)
 # Settings that may differ between the shards of one run.
 _SHARD_LOCAL_SETTINGS = ("date", "num_points")
 # Facts about the whole run every shard records and the merge requires to agree.
@@ -144,11 +148,13 @@ def evaluate_robustness(
         strategy: A `tf.distribute.Strategy` over local devices (e.g.
             `tf.distribute.MirroredStrategy()`): each round hands one block to each of
             its `extended.worker_devices`, run in a thread per device under
-            `tf.device`. Results equal those of a run without it.
+            `tf.device`. Results equal those of a run without it (for the attacks
+            `seed` reaches: not `UNSEEDED_ATTACKS`, i.e. cleverhans' `pgd`).
         shard: `(index, count)`: evaluate only the blocks `k` with
             `k % count == index` and return a shard report, to be joined with the
             other shards' by `merge_reports`. Every shard reads the whole data (to hash
-            it and count the points) but attacks only its blocks. Shard 0 also runs the
+            it and count the points) but attacks only its blocks. The merge is exact for
+            every attack `seed` reaches (a warning names those it does not, `pgd`). Shard 0 also runs the
             checks on the sample and carries their results to the merge.
         verbose: 0 silent, 1 progress bars and a summary.
 
@@ -203,6 +209,12 @@ def evaluate_robustness(
     check_choice("verbose", verbose, (0, 1, 2), what="verbosity")
     index, count = _validate_shard(shard)
     devices = _strategy_devices(strategy)
+    unseeded = [s.name for s in specs if s.name in UNSEEDED_ATTACKS]
+    if unseeded and (shard is not None or len(devices) > 1):
+        warnings.warn(f"{unseeded} draw their random start from TensorFlow's global random state, which seed "
+                      "cannot reach: their results depend on the order of the calls, so this sharded or "
+                      "multi-device run can differ from a single run on the points they attack. For an exact "
+                      "merge use seeded attacks (apgd_ce, apgd_t, fab_t, square, fgsm, ...).", stacklevel=2)
     source = _Blocks(data, batch_size, eps=eps_list[-1], norm=norm, clip_min=clip_min, clip_max=clip_max,
                      num_classes=num_classes)
     blocks = iter(source)
