@@ -22,6 +22,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import itertools
+import json
 import math
 import os
 import types
@@ -409,7 +410,8 @@ def _as_report(value, position):
     if isinstance(value, (str, os.PathLike)):
         value = RobustnessReport.from_json(value)
     elif isinstance(value, dict):
-        value = RobustnessReport(**value)
+        # Through JSON, so that the `None` standing for inf (a failed minimum-norm attack) turns back.
+        value = RobustnessReport.from_json(json.dumps(value))
     if not isinstance(value, RobustnessReport):
         raise ValueError("Each shard report must be a RobustnessReport, its dict or a JSON path. "
                          f"Received: report {position} of type {type(value).__name__}")
@@ -807,7 +809,8 @@ class _Runner:
             {(eps index, attack): (zero, attacked)}}`.
         """
         key = f"block{k}"
-        block_sha = hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()
+        # Only a saved state needs the hash: it tells a resumed run that the block is the same.
+        block_sha = None if state.path is None else hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()
         record = state.get(key)
         if record is not None and record["sha256"] != block_sha:
             raise ValueError(f"Block {k} of the data (points {k * self.batch_size} to {k * self.batch_size + len(y) - 1})"
