@@ -422,3 +422,31 @@ def test_rank_3_batches_reach_a_model_that_expects_them(norm, eps):
     x_adv = square(model, x, y, eps=eps, norm=norm, steps=20)
     assert x_adv.shape == x.shape
     assert np.all(perturbation_norms(x, x_adv, norm).numpy() <= eps * (1 + 1e-6))
+
+
+class _RecordShapes(keras.layers.Layer):
+    """Passes its input through and records the static shape it was traced with."""
+
+    def __init__(self, record, **kwargs):
+        super().__init__(**kwargs)
+        self.record = record  # a callable: Keras would copy a list into a tracked one
+
+    def call(self, inputs):
+        self.record(tuple(inputs.shape))
+        return inputs
+
+
+@pytest.mark.parametrize("norm, eps", [("linf", 0.1), ("l2", 0.5)])
+def test_the_model_sees_the_images_static_shape_in_the_loop(norm, eps):
+    # With an unknown channel count Keras runs Conv2D through XLA, which made every
+    # query 40% slower on CPU; the candidates must keep the images' height, width, channels.
+    # One channel: a dynamic channel count broadcast against 1 is what lost it.
+    seen = []
+    inputs = keras.Input((6, 6, 1))
+    hidden = keras.layers.Conv2D(3, 3)(_RecordShapes(seen.append)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.Flatten()(hidden)))
+    x = np.random.default_rng(0).uniform(size=(5, 6, 6, 1)).astype("float32")
+    y = np.argmax(model(x), axis=1)
+    square(model, x, y, eps=eps, norm=norm, steps=5)
+    assert len(seen) >= 3  # the clean pass, the start's margin and the candidates' inside the loop
+    assert all(shape[1:] == (6, 6, 1) for shape in seen), seen
