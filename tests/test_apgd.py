@@ -173,6 +173,27 @@ def test_explicit_targets_are_reached_exactly_where_reachable():
     np.testing.assert_array_equal(np.argmax(model(x_adv), axis=1) == targets, reachable)
 
 
+def test_apgd_t_attacks_later_targets_only_on_points_not_yet_fooled():
+    # As the reference, a point fooled by one target is not attacked again: the model
+    # sees it in the clean pass and the first target's run (steps + 1 passes) only.
+    rows = tf.Variable(0)
+
+    def model(x):  # logits x0, x1, x2, 10 x3, counting the rows it is called on
+        rows.assign_add(tf.shape(x)[0])
+        return x * tf.constant([1.0, 1.0, 1.0, 10.0])
+
+    # Point 0 (class 0) falls to its runner-up class 1 within eps 0.5; point 1 (class 3,
+    # logit >= 5 in the ball against <= 0.5) resists all three targets.
+    x = np.array([[0.5, 0.4, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]], "float32")
+    y = np.array([0, 3])
+    steps = 5
+    x_adv = apgd_t(model, x, y, eps=0.5, steps=steps)
+    np.testing.assert_array_equal(np.argmax(model(x_adv), axis=1) != y, [True, False])
+    # Clean pass 2 rows, target 1 both points, targets 2 and 3 only point 1 (before the
+    # change: all three targets on both points, 2 + 6 * (steps + 1)).
+    assert int(rows.numpy()) - 2 == 2 + 4 * (steps + 1)
+
+
 def test_same_seed_same_result_other_seed_other_start(trained_digits_model, digits):
     _, (x, y) = digits
     x, y = x[:30], y[:30]

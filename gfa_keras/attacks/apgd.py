@@ -67,22 +67,23 @@ def _normalize(v, norm):
 
 
 def _build_apgd_run(model_ref, norm, steps, loss, hit_target, clip_min, clip_max):
-    """Compiles one APGD run from a random start: `run(x, y, target, eps, seed)`.
+    """Compiles one APGD run from a random start: `run(x, y, target, eps, noise)`.
 
     The run returns `(x_best, loss_best, fooled, x_fooled)`: the highest-loss
     point, its loss, whether any step fooled the model, and the first point that did.
     """
 
     @tf.function(reduce_retracing=True)
-    def run(x, y, target, eps, seed):
-        return _apgd_run(model_ref(), x, y, target, eps, seed, norm=norm, steps=steps, loss=loss,
+    def run(x, y, target, eps, noise):
+        return _apgd_run(model_ref(), x, y, target, eps, noise, norm=norm, steps=steps, loss=loss,
                          hit_target=hit_target, clip_min=clip_min, clip_max=clip_max)
 
     return run
 
 
-def _apgd_run(model, x, y, target, eps, seed, *, norm, steps, loss, hit_target, clip_min, clip_max):
-    """The body of one APGD run (traced inside `_build_apgd_run`'s function)."""
+def _apgd_run(model, x, y, target, eps, noise, *, norm, steps, loss, hit_target, clip_min, clip_max):
+    """The body of one APGD run (traced inside `_build_apgd_run`'s function), from
+    `x + eps * noise / ||noise||` (see `_start_noise`)."""
     loss_fn = _LOSSES[loss]
     rank = len(x.shape)
     is_checkpoint, window_lengths = _checkpoint_schedule(steps)
@@ -104,10 +105,6 @@ def _apgd_run(model, x, y, target, eps, seed, *, norm, steps, loss, hit_target, 
             x_adv + per_example(step, rank) * direction, x, eps, norm, clip_min, clip_max
         )
 
-    if norm == "linf":
-        noise = tf.random.stateless_uniform(tf.shape(x), seed, -1.0, 1.0)
-    else:
-        noise = tf.random.stateless_normal(tf.shape(x), seed)
     x_adv = tf.clip_by_value(x + eps * _normalize(noise, norm), clip_min, clip_max)
 
     losses, grad, fooled = evaluate(x_adv)
@@ -155,18 +152,35 @@ def _apgd_run(model, x, y, target, eps, seed, *, norm, steps, loss, hit_target, 
     return x_best, loss_best, ever_fooled, x_fooled
 
 
-def _run_restarts(model, x, y, target, eps, seed, restarts, best, first_stream=0, **options):
+def _start_noise(shape, seed, norm):
+    """The random direction of a run's start: uniform in [-1, 1] (Linf) or Gaussian (L2)."""
+    if norm == "linf":
+        return tf.random.stateless_uniform(shape, seed, -1.0, 1.0)
+    return tf.random.stateless_normal(shape, seed)
+
+
+def _run_restarts(model, x, y, target, eps, seed, restarts, best, first_stream=0, todo=None, **options):
     """Runs `restarts` APGD runs and merges them into `best` = (x_adv, loss, fooled).
 
-    Run `r` draws its start from the stateless seed `(seed, first_stream + r)`.
+    Run `r` draws its start from the stateless seed `(seed, first_stream + r)`, for
+    the whole batch `x`. With `todo` (indices into `x`), only those examples are
+    attacked, from the same starts as in the whole batch, and `best` holds just
+    them: an example's result does not depend on which others are attacked with it.
     """
     run = _common.compiled(model, tuple(options[k] for k in _RUN_SETTINGS), _build_apgd_run)
     eps = tf.constant(eps, tf.float32)
+    if todo is not None:
+        whole_shape = tf.shape(x)
+        x, y, target = (tf.gather(t, todo) for t in (x, y, target))
     for restart in range(restarts):
         if bool(tf.reduce_all(best[2])):
             break
         run_seed = tf.constant([seed, first_stream + restart], tf.int64)
-        x_best, loss_best, fooled, x_fooled = run(x, y, target, eps, run_seed)
+        if todo is None:
+            noise = _start_noise(tf.shape(x), run_seed, options["norm"])
+        else:
+            noise = tf.gather(_start_noise(whole_shape, run_seed, options["norm"]), todo)
+        x_best, loss_best, fooled, x_fooled = run(x, y, target, eps, noise)
         best = _common.keep_best_restart(best, (select_per_example(fooled, x_fooled, x_best), loss_best, fooled))
     return best
 
@@ -322,12 +336,16 @@ def apgd_t(
         )
         return x_adv
     ranking = tf.argsort(logits, axis=1, direction="DESCENDING", stable=True)
-    best = _common.no_restart_yet(x)
+    x_adv, fooled = x, tf.zeros([x.shape[0]], tf.bool)
     for rank in range(1, num_target_classes + 1):
-        # A fresh loss for each target: losses of different targets are not comparable.
-        x_adv, _, fooled = best
-        best = (x_adv, tf.where(fooled, np.inf, -np.inf), fooled)
-        best = _run_restarts(
+        # As the reference, each target attacks only the examples no earlier target fooled
+        # (a fooling point is final); a fresh loss for each target, since losses of
+        # different targets are not comparable.
+        todo = tf.where(~fooled)[:, 0]
+        if todo.shape[0] == 0:
+            break
+        start = (tf.gather(x_adv, todo), tf.fill(tf.shape(todo), -np.inf), tf.zeros(tf.shape(todo), tf.bool))
+        x_todo, _, fooled_todo = _run_restarts(
             model,
             x,
             y,
@@ -335,9 +353,12 @@ def apgd_t(
             eps,
             seed,
             restarts,
-            best,
+            start,
             first_stream=rank * restarts,
+            todo=todo,
             hit_target=False,
             **options,
         )
-    return best[0]
+        x_adv = tf.tensor_scatter_nd_update(x_adv, todo[:, None], x_todo)
+        fooled = tf.tensor_scatter_nd_update(fooled, todo[:, None], fooled_todo)
+    return x_adv
