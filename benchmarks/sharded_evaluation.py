@@ -13,8 +13,10 @@ fixed blocks cost.
    design) against `ceil(points left / batch)` (regrouping the survivors of the whole set into full
    batches, as the evaluation did before the blocks).
 4. With `--old-tree DIR` (the package before the blocks, e.g.
-   `mkdir /tmp/old && git archive 9572c77 gfa_keras | tar -x -C /tmp/old`), times the same single-process
-   evaluation with that code, the price of the blocks in wall time.
+   `mkdir /tmp/old && git archive 9572c77 gfa_keras | tar -x -C /tmp/old`), times the same evaluation
+   in-process (`evaluate_robustness`, after loading, tracing included) with that code and with this one,
+   alternately `--repeats` times each: the price of the blocks in wall and CPU time. `--ab-only` skips
+   steps 2 and 3.
 
 Writes `summary.json` in `--out`. The Fashion-MNIST IDX files must be in `--data`.
 """
@@ -70,6 +72,30 @@ def train_model(out, data_dir):
     return path
 
 
+AB_SNIPPET = '''
+import os, sys, time
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import json, keras
+from gfa_keras.data import load_dataset
+from gfa_keras.evaluation.cascade import evaluate_robustness
+data = load_dataset("fashion_mnist", data_dir=sys.argv[2])
+x, y = data.x_test[:int(sys.argv[3])], data.y_test[:int(sys.argv[3])]
+model = keras.saving.load_model(sys.argv[1])
+wall, cpu = time.perf_counter(), time.process_time()
+report = evaluate_robustness(model, (x, y), ["apgd_ce", "apgd_t"], eps=[0.02, 0.05], steps=20,
+                             batch_size=int(sys.argv[4]), verbose=0)
+print(json.dumps({"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu,
+                  "worst_case_accuracy": report.worst_case_accuracy}))
+'''
+
+
+def in_process_timing(tree, model, args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(tree))
+    out = subprocess.run([sys.executable, "-c", AB_SNIPPET, str(model), args.data, str(args.points), str(args.batch)],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def robustness(directory):
     report = json.loads((directory / "report.json").read_text())["models"]["mlp"]["robustness"]
     report["settings"].pop("date")
@@ -97,6 +123,8 @@ def main():
     parser.add_argument("--points", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--old-tree", type=Path, help="a checkout of gfa_keras before the blocks, timed too")
+    parser.add_argument("--repeats", type=int, default=2, help="in-process timings of each tree (default: 2)")
+    parser.add_argument("--ab-only", action="store_true", help="only the in-process timings of step 4")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     model = train_model(args.out, args.data)
@@ -104,6 +132,15 @@ def main():
              "apgd_ce,apgd_t", "--attack-steps", 20, "--eps", 0.02, 0.05, "--eval-batch-size", args.batch,
              "--landscape-points", 0, "--verbose", 0]
     summary = {"points": args.points, "batch": args.batch, "flags": list(map(str, flags))}
+    if args.old_tree:
+        runs = []
+        for _ in range(args.repeats):
+            runs += [{"tree": "old", **in_process_timing(args.old_tree, model, args)},
+                     {"tree": "blocks", **in_process_timing(REPO, model, args)}]
+        summary["in_process"] = runs
+    if args.ab_only:
+        print(json.dumps(summary, indent=1))
+        return
     single, shards, merged = args.out / "single", args.out / "shards", args.out / "merged"
     summary["single_seconds"] = timed(command("evaluate", model, *flags, "--out", single))
     summary["two_shard_processes_seconds"] = timed(*[command("evaluate", model, *flags, "--shard", f"{i}/2",
@@ -115,11 +152,6 @@ def main():
     summary["clean_accuracy"] = report["clean_accuracy"]
     summary["worst_case_accuracy"] = report["worst_case_accuracy"]
     summary["calls"] = call_counts(report, args.batch)
-    if args.old_tree:
-        summary["old_single_seconds"] = timed(command("evaluate", model, *flags, "--out", args.out / "old",
-                                                      pythonpath=args.old_tree))
-        old = robustness(args.out / "old")
-        summary["old_worst_case_accuracy"] = old["worst_case_accuracy"]
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
 

@@ -210,7 +210,7 @@ def _add_evaluation_flags(parser, *, in_train):
     group.add_argument("--landscape-points", type=_non_negative_int, default=100, metavar="N",
                        help="test points for the radial/tangential loss plot (0: no plot; default: 100)")
     group.add_argument("--eval-batch-size", type=_positive_int, default=256, metavar="N",
-                       help="points per attack call (default: 256)")
+                       help="points per block: the largest attack call, and the unit of --shard (default: 256)")
 
 
 def _add_training_flags(parser):
@@ -726,7 +726,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except KeyboardInterrupt:
         hint = {"train": "rerun with --resume to continue from the last finished epoch",
-                "evaluate": "rerun the same command to continue from the last finished batch",
+                "evaluate": "rerun the same command to continue from the last finished attack on a block",
                 "tune": "rerun the same command to resume the search"}.get(args.command, "")
         print(f"{PROG} {args.command}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
