@@ -23,6 +23,13 @@ the process's peak resident memory.
     python benchmarks/step_cost.py --arch resnet50v2 mobilenet_v3_small --rounds 5
     python benchmarks/step_cost.py --arch resnet18 --methods standard gfa1 gfa3 pgd7
 
+On a shared machine, processes run minutes apart see different loads. `--interleaved`
+then also builds all the methods in one process and times them interleaved (one step
+of each per round, as for the small CNN), reporting the median ratios by wall-clock
+time and by the process's CPU time, which other jobs' load disturbs less.
+
+    python benchmarks/step_cost.py --arch resnet18 --methods standard gfa1 gfa3 --interleaved --rounds 12
+
 Targets (issue 14): GFA(3) <= 2.5x plain and <= 1.15x GFA(1) on the ResNet too; the
 first GFA step no more than 3x the first plain step.
 """
@@ -99,7 +106,17 @@ def batch(size):
 
 
 def _peak_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    # The process's own high-water mark. Not getrusage's ru_maxrss: Linux carries that over
+    # fork and exec, so a worker would report its parent's peak when that was larger
+    # (after --interleaved had run, every worker reported the same 2102 MB).
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux, bytes on macOS
 
 
 def first_step_worker(arch, method, batch_size, rounds):
@@ -131,17 +148,38 @@ def run_workers(arch, methods, batch_size, rounds):
     return results
 
 
-def interleaved(models, x, y, rounds):
+def interleaved(models, x, y, rounds, cpu_medians=None):
+    """Median wall-clock step time per model, one step of each per round; the median CPU
+    times of the process go into `cpu_medians` when given."""
     for model in models.values():  # trace and warm up outside the timing
         model.train_on_batch(x, y)
         model.train_on_batch(x, y)
     times = {v: [] for v in models}
+    cpu = {v: [] for v in models}
     for _ in range(rounds):
         for v, model in models.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             model.train_on_batch(x, y)
             times[v].append(time.perf_counter() - start)
+            cpu[v].append(time.process_time() - start_cpu)
+    if cpu_medians is not None:
+        cpu_medians.update({v: statistics.median(t) for v, t in cpu.items()})
     return {v: statistics.median(t) for v, t in times.items()}
+
+
+def arch_interleaved_report(arch, methods, rounds, batch_size):
+    x, y = batch(batch_size)
+    cpu = {}
+    wall = interleaved({m: build(METHODS[m], False, arch) for m in methods}, x, y, rounds, cpu)
+    print(f"\n{arch}, batch {batch_size}, {rounds} interleaved rounds in one process, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"{'method':<13}{'wall s':>8}{'x plain':>9}{'CPU s':>8}{'x plain':>9}")
+    for m in methods:
+        print(f"{m:<13}{wall[m]:>8.2f}{wall[m] / wall['standard']:>9.2f}{cpu[m]:>8.2f}"
+              f"{cpu[m] / cpu['standard']:>9.2f}")
+    if "gfa3" in wall and "gfa1" in wall:
+        print(f"GFA(3) / GFA(1): {wall['gfa3'] / wall['gfa1']:.2f} wall, {cpu['gfa3'] / cpu['gfa1']:.2f} CPU "
+              "(target <= 1.15)", flush=True)
 
 
 def arch_report(arch, methods, rounds, batch_size):
@@ -171,6 +209,8 @@ def main():
     parser.add_argument("--jit", action="store_true", help="also time each method with jit_compile=True")
     parser.add_argument("--arch", nargs="+", choices=list(ARCHS),
                         help="real networks: per method the step ratio, the first step and peak memory")
+    parser.add_argument("--interleaved", action="store_true",
+                        help="with --arch: also time the methods interleaved in one process (wall and CPU time)")
     parser.add_argument("--first-step-worker", nargs=2, metavar=("ARCH", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.first_step_worker:
@@ -181,7 +221,12 @@ def main():
         methods = ["standard"] + [m for m in methods if m != "standard"]
         for arch in args.arch:
             arch_report(arch, methods, args.rounds or 5, args.batch_size or 32)
+            if args.interleaved:
+                arch_interleaved_report(arch, methods, args.rounds or 5, args.batch_size or 32)
         return
+    if args.interleaved:
+        parser.error("--interleaved goes with --arch (the small CNN's methods are always interleaved). "
+                     "Received: --interleaved without --arch")
     args.methods = args.methods or list(METHODS)
     args.rounds = args.rounds or 30
     args.batch_size = args.batch_size or 128
