@@ -369,3 +369,17 @@ def test_merging_a_missing_or_incomplete_set_exits_1(parts, tmp_path, capsys):
 def test_a_sharded_run_with_an_attack_seed_cannot_reach_warns(trained_digits_model, data):
     with pytest.warns(UserWarning, match=r"\['pgd'\] draw their random start from TensorFlow's global random state"):
         evaluate_robustness(trained_digits_model, data, **{**FAST, "attacks": ["pgd"]}, steps=2, shard=(0, 2))
+
+
+def test_cli_mirrored_gives_the_plain_report(model_file, tmp_path):
+    from gfa_keras.cli.commands import EXIT_OK, main
+
+    flags = ["--dataset", "digits", "--test-limit", "40", "--attacks", "fgsm", "--eps", "0.1", "--eval-batch-size",
+             "16", "--landscape-points", "0", "--verbose", "0"]
+    assert main(["evaluate", str(model_file), *flags, "--mirrored", "--out", str(tmp_path / "mirrored")]) == EXIT_OK
+    assert main(["evaluate", str(model_file), *flags, "--out", str(tmp_path / "plain")]) == EXIT_OK
+    mirrored, plain = [json.loads((tmp_path / d / "report.json").read_text())["models"]["plain"]["robustness"]
+                       for d in ("mirrored", "plain")]
+    for report in (mirrored, plain):
+        report["settings"].pop("date")
+    assert mirrored == plain and len(plain["broken_by"][0]) == 40
