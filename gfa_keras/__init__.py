@@ -12,7 +12,7 @@ robust they are.
 - `gradient_feature_alignment`, `alignment_penalty`: the penalty for custom loops.
 - `evaluate_robustness(model, (x, y), "autoattack", eps=[...])`: the worst case over an
   attack cascade on every test point, as a `RobustnessReport` with masking checks;
-  `shard=(i, n)` splits it over machines and `merge_reports` joins the shards exactly.
+  `shard=(i, n)` splits it over machines and `merge_shard_reports` joins the shards exactly.
 - `tune(model, x, y, validation_data=...)`: the beta search with Keras Tuner;
   `RobustAccuracy`: a callback that logs `val_robust_accuracy`; `RobustEarlyStopping`:
   keeps the epoch with the best held-out robust accuracy.
@@ -54,7 +54,7 @@ __version__ = "0.1.0"
 # on first access.
 _LAZY = {
     "evaluate_robustness": "gfa_keras.evaluation",
-    "merge_reports": "gfa_keras.evaluation",
+    "merge_shard_reports": "gfa_keras.evaluation",
     "PRESETS": "gfa_keras.evaluation",
     "RobustnessReport": "gfa_keras.evaluation",
     "RobustAccuracy": "gfa_keras.evaluation",
@@ -94,7 +94,7 @@ __all__ = [
     "gradient_feature_alignment",
     "alignment_penalty",
     "evaluate_robustness",
-    "merge_reports",
+    "merge_shard_reports",
     "PRESETS",
     "RobustnessReport",
     "__version__",

@@ -1,4 +1,4 @@
-"""Tests for evaluation that scales out: shards and `merge_reports`, streaming from a Dataset,
+"""Tests for evaluation that scales out: shards and `merge_shard_reports`, streaming from a Dataset,
 resuming per block, and a `tf.distribute` strategy (in a subprocess, see
 `sharded_evaluation_worker.py`)."""
 import json
@@ -13,7 +13,7 @@ import tensorflow as tf
 
 import gfa_keras
 from gfa_keras.attacks import AttackSpec
-from gfa_keras.evaluation import merge_reports
+from gfa_keras.evaluation import merge_shard_reports
 from gfa_keras.evaluation.cascade import evaluate_robustness
 from gfa_keras.evaluation.report import RobustnessReport
 
@@ -83,7 +83,7 @@ def test_shards_merge_into_the_unsharded_report(trained_digits_model, data, whol
         assert part.flags == []
         assert (part.shard["sample"] is not None) == (i == 0)
     random.Random(count).shuffle(parts)
-    merged = merge_reports(parts)
+    merged = merge_shard_reports(parts)
     assert comparable(merged) == comparable(whole)
     assert merged.shard is None
 
@@ -94,9 +94,9 @@ def test_a_merge_of_json_files_equals_the_whole_run(trained_digits_model, data, 
         part = evaluate_robustness(trained_digits_model, data, shard=(i, 2), **KWARGS)
         paths.append(tmp_path / f"part{i}.json")
         part.to_json(paths[-1])
-    assert comparable(gfa_keras.merge_reports(paths)) == comparable(whole)
+    assert comparable(gfa_keras.merge_shard_reports(paths)) == comparable(whole)
     loaded = [RobustnessReport.from_json(p) for p in paths]
-    assert comparable(merge_reports([r.to_dict() for r in loaded])) == comparable(whole)
+    assert comparable(merge_shard_reports([r.to_dict() for r in loaded])) == comparable(whole)
     # A minimum-norm attack failed on some points: their inf norms survive the JSON (as null) and the merge.
     assert np.isinf(whole.minimum_norm["every_other"]["norms"]).any()
 
@@ -109,7 +109,7 @@ def test_one_eps_carries_the_probes_at_larger_eps(trained_digits_model, data):
     # The eps check's probes (fgsm at 1x, 2x, 4x eps) and the thorough reruns of each white-box attack.
     assert {(p["attack"], p["eps"]) for p in probes} >= {("fgsm", 0.05), ("fgsm", 0.1), ("fgsm", 0.2),
                                                          ("apgd_ce", 0.05)}
-    assert comparable(merge_reports(parts)) == comparable(whole)
+    assert comparable(merge_shard_reports(parts)) == comparable(whole)
     flag = next(f for f in whole.flags if f["check"] == "accuracy_decreases_with_eps")
     assert "one eps evaluated" in flag["reason"]
 
@@ -177,7 +177,7 @@ def test_a_dataset_streams_block_by_block_and_equals_the_arrays(trained_digits_m
     # A shard streams too and merges with one from arrays.
     parts = [evaluate_robustness(trained_digits_model, dataset, shard=(0, 2), **kwargs),
              evaluate_robustness(trained_digits_model, data, shard=(1, 2), **kwargs)]
-    assert comparable(merge_reports(parts)) == comparable(from_arrays)
+    assert comparable(merge_shard_reports(parts)) == comparable(from_arrays)
 
 
 def test_a_dataset_with_bad_data_in_a_later_block_fails_there(trained_digits_model, data):
@@ -271,7 +271,7 @@ def tampered(report, **shard):
 def test_merging_bad_sets_of_shards_names_what_is_wrong(trained_digits_model, data, parts):
     x, y = data
     whole = evaluate_robustness(trained_digits_model, data, **FAST)
-    assert comparable(merge_reports(parts)) == comparable(whole)
+    assert comparable(merge_shard_reports(parts)) == comparable(whole)
     cases = [
         ([], r"at least one shard report\. Received: reports=\[\]"),
         (parts[0], r"must be a list of shard reports.*Received: reports of type RobustnessReport"),
@@ -296,7 +296,7 @@ def test_merging_bad_sets_of_shards_names_what_is_wrong(trained_digits_model, da
     cases.append(([parts[0], changed], r"the model digest \(model_sha256\) differs"))
     for reports, message in cases:
         with pytest.raises(ValueError, match=message):
-            merge_reports(reports)
+            merge_shard_reports(reports)
 
 
 def keras_clone_with_other_weights(model):

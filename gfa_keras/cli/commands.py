@@ -37,7 +37,7 @@ from gfa_keras.reports import plots, report_directory
 from gfa_keras.architectures import ARCHITECTURES, build_architecture
 from gfa_keras.attacks import ATTACKS, NORMS
 from gfa_keras.data import load_dataset
-from gfa_keras.evaluation.cascade import PRESETS, evaluate_robustness, merge_reports
+from gfa_keras.evaluation.cascade import PRESETS, evaluate_robustness, merge_shard_reports
 from gfa_keras.evaluation.report import RobustnessReport, json_ready
 from gfa_keras.training.checkpointing import CHECKPOINT_MODEL, CHECKPOINT_STATE, fit_resumable, read_checkpoint
 from gfa_keras.training.methods import METHODS, harden
@@ -620,7 +620,7 @@ def _merge(args):
             reports.append(RobustnessReport.from_json(Path(path)))
         except (OSError, ValueError) as e:
             raise CommandError(f"Cannot read the shard report {path}: {' '.join(str(e).split())}") from None
-    merged = merge_reports(reports)
+    merged = merge_shard_reports(reports)
     name = merged.settings.get("model_name", "model")
     owner = next(r for r in reports if r.shard["index"] == 0)
     print(f"{name}: {merged.budget_summary()}, {merged.settings['num_points']} points from "

@@ -2,7 +2,7 @@
 
 - `cascade`: `evaluate_robustness`, the verified per-example worst case over an attack suite,
   block by block (streamed, spread over a strategy's devices, or split into shards), and
-  `merge_reports`, which joins shard reports into the report of the whole set.
+  `merge_shard_reports`, which joins shard reports into the report of the whole set.
 - `presets`: the attack presets and the budget each attack runs with (AutoAttack's
   standard version for `"autoattack"`), and whether a run is that version.
 - `state`: the resumable partial results and the hashes that tie them to a run.
@@ -20,7 +20,7 @@ from gfa_keras.lazy_imports import lazy_attributes
 
 _LAZY = {
     "evaluate_robustness": "gfa_keras.evaluation.cascade",
-    "merge_reports": "gfa_keras.evaluation.cascade",
+    "merge_shard_reports": "gfa_keras.evaluation.cascade",
     "PRESETS": "gfa_keras.evaluation.presets",
     "RobustnessReport": "gfa_keras.evaluation.report",
     "RobustAccuracy": "gfa_keras.evaluation.callbacks",
@@ -30,4 +30,7 @@ _LAZY = {
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
-__all__ = ["evaluate_robustness", "merge_reports", "PRESETS", "RobustnessReport", "RobustAccuracy", "RobustEarlyStopping"]
+__all__ = [
+    "evaluate_robustness", "merge_shard_reports", "PRESETS", "RobustnessReport", "RobustAccuracy",
+    "RobustEarlyStopping",
+]

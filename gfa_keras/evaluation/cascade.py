@@ -15,7 +15,7 @@ block, never on which other blocks are evaluated, where or in which order: that 
 makes a run streamable from a `tf.data.Dataset`, resumable after any stage, spreadable
 over the devices of a `tf.distribute` strategy (one block per device per round) and
 splittable into shards (`shard=(index, count)`: the blocks with `k % count == index`)
-whose reports `merge_reports` joins into exactly the report of the whole run.
+whose reports `merge_shard_reports` joins into exactly the report of the whole run.
 """
 from __future__ import annotations
 
@@ -40,7 +40,9 @@ from gfa_keras.evaluation.report import RobustnessReport, build_report, json_rea
 from gfa_keras.evaluation.state import DataDigest, EvaluationState, model_digest
 from gfa_keras.validation import check_choice, check_eps, check_int, check_positive_int
 
-__all__ = ["PRESETS", "CHECK_SAMPLE_SIZE", "UNSEEDED_ATTACKS", "evaluate_robustness", "merge_reports", "norm_slack"]
+__all__ = [
+    "PRESETS", "CHECK_SAMPLE_SIZE", "UNSEEDED_ATTACKS", "evaluate_robustness", "merge_shard_reports", "norm_slack",
+]
 
 # Points used by the checks that need extra forward passes or attack runs: the first ones of the set.
 CHECK_SAMPLE_SIZE = 100
@@ -153,7 +155,7 @@ def evaluate_robustness(
             `seed` reaches: not `UNSEEDED_ATTACKS`, i.e. cleverhans' `pgd`).
         shard: `(index, count)`: evaluate only the blocks `k` with
             `k % count == index` and return a shard report, to be joined with the
-            other shards' by `merge_reports`. Every shard reads the whole data (to hash
+            other shards' by `merge_shard_reports`. Every shard reads the whole data (to hash
             it and count the points) but attacks only its blocks. The merge is exact for
             every attack `seed` reaches (a warning names those it does not, `pgd`). Shard 0 also runs the
             checks on the sample and carries their results to the merge.
@@ -161,7 +163,7 @@ def evaluate_robustness(
 
     Returns:
         A `RobustnessReport`; with `shard`, one over the shard's points only, with no
-        flags and a `shard` field holding what `merge_reports` needs.
+        flags and a `shard` field holding what `merge_shard_reports` needs.
 
     Raises:
         ValueError: On an invalid argument (checked before any attack runs: an
@@ -177,7 +179,7 @@ def evaluate_robustness(
     print(report.to_markdown())
     # The same report from two machines:
     part = evaluate_robustness(model, (x_test, y_test), "autoattack", eps=[0.05, 0.1], shard=(0, 2))
-    # ... and shard=(1, 2) elsewhere, then merge_reports([part, other]).
+    # ... and shard=(1, 2) elsewhere, then merge_shard_reports([part, other]).
     ```
     """
     eps_list = _validate_eps(eps)
@@ -299,7 +301,7 @@ def evaluate_robustness(
     return report
 
 
-def merge_reports(reports) -> RobustnessReport:
+def merge_shard_reports(reports) -> RobustnessReport:
     """Joins the shard reports of one evaluation into the report of the whole set.
 
     Each shard report comes from `evaluate_robustness(..., shard=(index, count))`
@@ -327,7 +329,7 @@ def merge_reports(reports) -> RobustnessReport:
 
     ```python
     parts = [evaluate_robustness(model, data, "autoattack", 0.1, shard=(i, 3)) for i in range(3)]
-    report = merge_reports(parts)
+    report = merge_shard_reports(parts)
     ```
     """
     if isinstance(reports, (str, os.PathLike, RobustnessReport, dict)) or not hasattr(reports, "__iter__"):
@@ -335,7 +337,7 @@ def merge_reports(reports) -> RobustnessReport:
                          f"Received: reports of type {type(reports).__name__}")
     loaded = [_as_report(r, i) for i, r in enumerate(reports)]
     if not loaded:
-        raise ValueError("merge_reports needs at least one shard report. Received: reports=[]")
+        raise ValueError("merge_shard_reports needs at least one shard report. Received: reports=[]")
     first = loaded[0]
     count = first.shard["count"]
     if not isinstance(count, int) or count < 1:
@@ -507,7 +509,7 @@ def _record_probes(settings, model_name, versions, part, payload, probe, selecte
 
 
 def _shard_report(settings, model_name, versions, part, payload):
-    """The report over one shard's points, carrying what `merge_reports` needs; no flags."""
+    """The report over one shard's points, carrying what `merge_shard_reports` needs; no flags."""
     settings = {**settings, "num_points": len(part.correct)}
     minimum_norm = {a: norm_statistics(part.norms[a], part.correct) for a in settings["minimum_norm_attacks"]}
     report = build_report(part.correct, settings["eps"], settings["norm"], settings["attacks"], part.broken_by,

@@ -181,7 +181,7 @@ class RobustnessReport:
         standard_reasons: Why `standard` is False, e.g. `"square: 1000 queries < 5000"`.
         shard: `None` for the report of a whole set. In a shard report
             (`evaluate_robustness(..., shard=(index, count))`, which covers only the
-            shard's blocks and has no flags) what `merge_reports` needs: `index`,
+            shard's blocks and has no flags) what `merge_shard_reports` needs: `index`,
             `count`, the shard's `blocks` and their sizes, the whole set's point count and
             data digest, the model digest, the class counts, the zero-gradient counts and,
             in shard 0, the `sample` checks' results.
