@@ -34,10 +34,10 @@ oneDNN kernels on CPU by default, TensorFlow only on CPUs with AVX-512 and the l
 
 Needs `pip install -e ".[bench]"` (torch, torchattacks). Each side's result is cached in
 `--cache-dir` keyed by its settings (ours also by gfa_keras' source), so an interrupted run
-resumes with the side not yet done (`--fresh` reruns both). Run (200 points took 53 minutes
-with both sides in parallel on a loaded 2-core machine):
+resumes with the side not yet done (`--fresh` reruns both). Run (200 points took 28 minutes,
+one side after the other, on a loaded 2-core machine):
 
-    python benchmarks/autoattack_speed.py --points 200 --eps 0.1 --threads 2 --parallel
+    python benchmarks/autoattack_speed.py --points 200 --eps 0.1 --threads 2
 """
 from __future__ import annotations
 
