@@ -37,8 +37,9 @@ from gfa_keras.reports import plots, report_directory
 from gfa_keras.architectures import ARCHITECTURES, build_architecture
 from gfa_keras.attacks import ATTACKS, NORMS
 from gfa_keras.data import load_dataset
-from gfa_keras.evaluation.cascade import PRESETS, evaluate_robustness, merge_shard_reports
+from gfa_keras.evaluation.cascade import PRESETS, evaluate_robustness
 from gfa_keras.evaluation.report import RobustnessReport, json_ready
+from gfa_keras.evaluation.shards import merge_shard_reports
 from gfa_keras.training.checkpointing import CHECKPOINT_MODEL, CHECKPOINT_STATE, fit_resumable, read_checkpoint
 from gfa_keras.training.methods import METHODS, harden
 from gfa_keras.tuning.search import DEFAULT_PENALTY_RANGE, OBJECTIVES, TUNERS, tune

@@ -1,8 +1,11 @@
 """Evaluation: how robust a model is, measured strictly.
 
 - `cascade`: `evaluate_robustness`, the verified per-example worst case over an attack suite,
-  block by block (streamed, spread over a strategy's devices, or split into shards), and
-  `merge_shard_reports`, which joins shard reports into the report of the whole set.
+  block by block (streamed, spread over a strategy's devices, or split into shards).
+- `blocks`: the data cut into fixed blocks (arrays or a `tf.data.Dataset`, never read
+  whole) and the blocks evaluated one per device of a strategy at a time.
+- `shards`: what a shard report carries, and `merge_shard_reports`, which joins shard
+  reports into the report of the whole set.
 - `presets`: the attack presets and the budget each attack runs with (AutoAttack's
   standard version for `"autoattack"`), and whether a run is that version.
 - `state`: the resumable partial results and the hashes that tie them to a run.
@@ -20,7 +23,7 @@ from gfa_keras.lazy_imports import lazy_attributes
 
 _LAZY = {
     "evaluate_robustness": "gfa_keras.evaluation.cascade",
-    "merge_shard_reports": "gfa_keras.evaluation.cascade",
+    "merge_shard_reports": "gfa_keras.evaluation.shards",
     "PRESETS": "gfa_keras.evaluation.presets",
     "RobustnessReport": "gfa_keras.evaluation.report",
     "RobustAccuracy": "gfa_keras.evaluation.callbacks",

@@ -7,42 +7,36 @@ adversarial point, which lies within eps of the original and inside the clip box
 No attack is trusted. The attacks' budgets come from `presets`, the partial results
 that make a run resumable live in `state`, the checks in `masking_checks`.
 
-The data is cut into fixed blocks of `batch_size` points (block k holds points
-`[k * batch_size, (k + 1) * batch_size)`) and processed block after block: the clean
-prediction, then every eps and every attack of the cascade on the block's still-robust
-points, as one batch seeded `seed + k`. A point's result therefore depends only on its
-block, never on which other blocks are evaluated, where or in which order: that is what
-makes a run streamable from a `tf.data.Dataset`, resumable after any stage, spreadable
-over the devices of a `tf.distribute` strategy (one block per device per round) and
-splittable into shards (`shard=(index, count)`: the blocks with `k % count == index`)
-whose reports `merge_shard_reports` joins into exactly the report of the whole run.
+The data is cut into fixed blocks of `batch_size` points and evaluated block after
+block (`blocks`: streamed from a `tf.data.Dataset`, spread over a strategy's devices):
+the clean prediction, then every eps and every attack of the cascade on the block's
+still-robust points, as one batch seeded `seed + k`. A point's result therefore depends
+only on its block, which makes a run resumable after any stage and splittable into
+shards (`shard=(index, count)`) whose reports `shards.merge_shard_reports` joins into
+exactly the report of the whole run.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import itertools
-import json
 import math
 import os
-import types
 import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from gfa_keras.attacks import ATTACKS, NORMS, perturbation_norms, validate_attack_inputs
+from gfa_keras.attacks import ATTACKS, NORMS, perturbation_norms
 from gfa_keras.evaluation import masking_checks
-from gfa_keras.evaluation.presets import PRESETS, attack_budgets, resolve_attacks, standard_reasons
-from gfa_keras.evaluation.progress import progress_bar
-from gfa_keras.evaluation.report import RobustnessReport, build_report, json_ready, norm_statistics
-from gfa_keras.evaluation.state import DataDigest, EvaluationState, model_digest
+from gfa_keras.evaluation.blocks import Blocks, evaluate_blocks, strategy_devices
+from gfa_keras.evaluation.presets import PRESETS, attack_budgets, resolve_attacks
+from gfa_keras.evaluation.report import RobustnessReport
+from gfa_keras.evaluation.shards import complete_report, record_probes, shard_report, validate_shard
+from gfa_keras.evaluation.state import EvaluationState, model_digest
 from gfa_keras.validation import check_choice, check_eps, check_int, check_positive_int
 
-__all__ = [
-    "PRESETS", "CHECK_SAMPLE_SIZE", "UNSEEDED_ATTACKS", "evaluate_robustness", "merge_shard_reports", "norm_slack",
-]
+__all__ = ["PRESETS", "CHECK_SAMPLE_SIZE", "UNSEEDED_ATTACKS", "evaluate_robustness", "norm_slack"]
 
 # Points used by the checks that need extra forward passes or attack runs: the first ones of the set.
 CHECK_SAMPLE_SIZE = 100
@@ -55,11 +49,6 @@ _FLOAT32_UNITS = 4 * float(np.finfo(np.float32).eps)
 # Attacks whose randomness `seed` cannot reach: cleverhans' PGD draws its random start from
 # TensorFlow's global random state, so its results depend on what ran before it in the process.
 UNSEEDED_ATTACKS = ("pgd",)
-# Settings that may differ between the shards of one run.
-_SHARD_LOCAL_SETTINGS = ("date", "num_points")
-# Facts about the whole run every shard records and the merge requires to agree.
-_SHARD_SHARED_FIELDS = ("count", "num_blocks", "total_points", "data_sha256", "model_sha256", "input_shape",
-                        "white_box", "budgets")
 
 
 def norm_slack(eps: float, norm: str, input_size: int, clip_min: float, clip_max: float) -> float:
@@ -210,15 +199,15 @@ def evaluate_robustness(
     check_int("seed", seed)
     selected = masking_checks.select_checks(checks, thorough)
     check_choice("verbose", verbose, (0, 1, 2), what="verbosity")
-    index, count = _validate_shard(shard)
-    devices = _strategy_devices(strategy)
+    index, count = validate_shard(shard)
+    devices = strategy_devices(strategy)
     unseeded = [s.name for s in specs if s.name in UNSEEDED_ATTACKS]
     if unseeded and (shard is not None or len(devices) > 1):
         warnings.warn(f"{unseeded} draw their random start from TensorFlow's global random state, which seed "
                       "cannot reach: their results depend on the order of the calls, so this sharded or "
                       "multi-device run can differ from a single run on the points they attack. For an exact "
                       "merge use seeded attacks (apgd_ce, apgd_t, fab_t, square, fgsm, ...).", stacklevel=2)
-    source = _Blocks(data, batch_size, eps=eps_list[-1], norm=norm, clip_min=clip_min, clip_max=clip_max,
+    source = Blocks(data, batch_size, eps=eps_list[-1], norm=norm, clip_min=clip_min, clip_max=clip_max,
                      num_classes=num_classes)
     blocks = iter(source)
     first = next(blocks, None)
@@ -264,8 +253,8 @@ def evaluate_robustness(
     run = _Runner(model, norm, seed, clip_min, clip_max, batch_size, specs, budgets, eps_list, min_specs,
                   min_budgets, count_zero_gradients)
     run.num_classes = num_classes
-    part = _evaluate_blocks(run, _chain(first, blocks), total_blocks, state, index, count, devices,
-                            verbose)
+    part = evaluate_blocks(run, itertools.chain([first], blocks), total_blocks, state, index, count, devices,
+                           verbose, CHECK_SAMPLE_SIZE)
     settings.update(num_points=part.total_points, checks=sorted(selected), thorough=bool(thorough))
     white_box = {s.name: bool(s.white_box) for s in specs}
     name = getattr(model, "name", type(model).__name__)
@@ -290,234 +279,14 @@ def evaluate_robustness(
     }
     versions = _versions()
     if shard is None:
-        report = _complete_report(settings, name, versions, part.correct, part.broken_by, part.norms, payload,
+        report = complete_report(settings, name, versions, part.correct, part.broken_by, part.norms, payload,
                                   live_probe, selected)
     else:
         if sample is not None:
-            sample["probes"] = _record_probes(settings, name, versions, part, payload, live_probe, selected)
-        report = _shard_report(settings, name, versions, part, payload)
+            sample["probes"] = record_probes(settings, name, versions, part, payload, live_probe, selected)
+        report = shard_report(settings, name, versions, part, payload)
     if verbose:
         print(report.summary() + (f" (shard {index}/{count})" if shard is not None else ""))
-    return report
-
-
-def merge_shard_reports(reports) -> RobustnessReport:
-    """Joins the shard reports of one evaluation into the report of the whole set.
-
-    Each shard report comes from `evaluate_robustness(..., shard=(index, count))`
-    with the same model, data and settings. The per-example results are put back in
-    the order of the data, the accuracies, budgets and `standard` flag recomputed, and
-    the gradient-masking checks run on the joined results: the report equals (per
-    example, in every accuracy, budget and flag) the one a single run over the whole set
-    returns, but for its date. The checks that need the model (input gradients,
-    logits, determinism, the probes at larger eps, `thorough`) ran in shard 0, on the
-    first `CHECK_SAMPLE_SIZE` points, and travel in its report.
-
-    Args:
-        reports: The shard reports, in any order: `RobustnessReport`s, their dicts,
-            or paths of their JSON files.
-
-    Returns:
-        The `RobustnessReport` of the whole set.
-
-    Raises:
-        ValueError: If a report is not a shard report, shards are missing or given
-            twice, their counts or indices are invalid, or they differ in settings,
-            model or data (the message names the field).
-
-    Example:
-
-    ```python
-    parts = [evaluate_robustness(model, data, "autoattack", 0.1, shard=(i, 3)) for i in range(3)]
-    report = merge_shard_reports(parts)
-    ```
-    """
-    if isinstance(reports, (str, os.PathLike, RobustnessReport, dict)) or not hasattr(reports, "__iter__"):
-        raise ValueError("reports must be a list of shard reports (RobustnessReport, dict or JSON path). "
-                         f"Received: reports of type {type(reports).__name__}")
-    loaded = [_as_report(r, i) for i, r in enumerate(reports)]
-    if not loaded:
-        raise ValueError("merge_shard_reports needs at least one shard report. Received: reports=[]")
-    first = loaded[0]
-    count = first.shard["count"]
-    if not isinstance(count, int) or count < 1:
-        raise ValueError(f"Shard count must be an integer >= 1. Received: count={count!r} in report 0")
-    for i, report in enumerate(loaded[1:], start=1):
-        _require_same_run(first, report, i)
-    indices = []
-    for i, report in enumerate(loaded):
-        index = report.shard["index"]
-        if not isinstance(index, int) or not 0 <= index < count:
-            raise ValueError(f"Shard index must lie in [0, {count}). Received: index={index!r} in report {i}")
-        indices.append(index)
-    duplicates = sorted({k for k in indices if indices.count(k) > 1})
-    if duplicates:
-        raise ValueError(f"Shards given twice: {duplicates}. Expected each of the {count} shards once. "
-                         f"Received shard indices {indices}")
-    missing = sorted(set(range(count)) - set(indices))
-    if missing:
-        raise ValueError(f"Shards missing: {missing} of {count}. Expected all of 0..{count - 1}. "
-                         f"Received shard indices {sorted(indices)}")
-    settings = {k: v for k, v in first.settings.items() if k not in ("model_name", "date", "versions")}
-    shared = first.shard
-    attacks, mins = settings["attacks"], settings["minimum_norm_attacks"]
-    num_blocks = shared["num_blocks"]
-    chunks = [None] * num_blocks  # per block: (correct, broken_by rows, norms per attack)
-    for report in loaded:
-        start = 0
-        for k, size in zip(report.shard["blocks"], report.shard["block_sizes"]):
-            if not 0 <= k < num_blocks or chunks[k] is not None:
-                raise ValueError(f"Shard {report.shard['index']} holds block {k}, which is outside the "
-                                 f"{num_blocks} blocks or held by another shard too.")
-            rows = [row[start:start + size] for row in report.broken_by]
-            norms = {a: report.minimum_norm[a]["norms"][start:start + size] for a in mins}
-            chunks[k] = ([by != "clean" for by in rows[0]], rows, norms)
-            start += size
-        if start != len(report.broken_by[0]):
-            raise ValueError(f"Shard {report.shard['index']} holds {len(report.broken_by[0])} points, but its "
-                             f"blocks add up to {start}.")
-    empty = [k for k, c in enumerate(chunks) if c is None]
-    if empty:
-        raise ValueError(f"No shard holds blocks {empty}: the shards do not come from one run.")
-    correct = np.concatenate([c[0] for c in chunks])
-    broken_by = [list(itertools.chain.from_iterable(c[1][i] for c in chunks)) for i in range(len(settings["eps"]))]
-    norms = {a: np.concatenate([np.asarray(c[2][a], dtype=np.float64) for c in chunks]) for a in mins}
-    owner = next(r for r in loaded if r.shard["index"] == 0)
-    zero_gradients = {}
-    for report in loaded:
-        for i, name, zero, attacked in report.shard["zero_gradients"]:
-            total = zero_gradients.setdefault((i, name), [0, 0])
-            total[0] += zero
-            total[1] += attacked
-    payload = {**shared, "index": 0, "count": 1, "sample": owner.shard["sample"],
-               "label_counts": np.sum([r.shard["label_counts"] for r in loaded], axis=0).tolist(),
-               "zero_gradients": [[i, name, z, a] for (i, name), (z, a) in sorted(
-                   zero_gradients.items(), key=lambda item: (item[0][0], attacks.index(item[0][1])))]}
-    settings["num_points"] = shared["total_points"]
-    recorded = {_probe_key(p["attack"], p["eps"], p["options"]): p["accuracy"]
-                for p in (owner.shard["sample"] or {}).get("probes", [])}
-
-    def carried_probe(spec, e, **overrides):
-        key = _probe_key(spec.name, e, overrides)
-        if key not in recorded:
-            raise ValueError(f"Shard 0 carries no probe of {spec.name} at eps={e:g} with {overrides}: its report "
-                             "was written with other checks than the others.")
-        return recorded[key]
-
-    return _complete_report(settings, first.settings.get("model_name", "model"), first.settings.get("versions", {}),
-                            correct, broken_by, norms, payload, carried_probe, frozenset(settings["checks"]))
-
-
-def _as_report(value, position):
-    if isinstance(value, (str, os.PathLike)):
-        value = RobustnessReport.from_json(value)
-    elif isinstance(value, dict):
-        # Through JSON, so that the `None` standing for inf (a failed minimum-norm attack) turns back.
-        value = RobustnessReport.from_json(json.dumps(value))
-    if not isinstance(value, RobustnessReport):
-        raise ValueError("Each shard report must be a RobustnessReport, its dict or a JSON path. "
-                         f"Received: report {position} of type {type(value).__name__}")
-    if not value.shard:
-        raise ValueError(f"Report {position} is not a shard report (evaluate_robustness(..., shard=(index, count)) "
-                         "writes those). Received a report without a shard field.")
-    return value
-
-
-def _require_same_run(first, report, position):
-    """Raises unless `report` comes from the same run as `first`, naming the field that differs."""
-    settings = {k for k in set(first.settings) | set(report.settings) if k not in _SHARD_LOCAL_SETTINGS}
-    for key in sorted(settings):
-        if first.settings.get(key) != report.settings.get(key):
-            raise ValueError(
-                f"Shards of different runs: settings[{key!r}] differs. Expected the same model, data and settings "
-                f"in every shard. Received: {first.settings.get(key)!r} in report 0 (shard {first.shard['index']}), "
-                f"{report.settings.get(key)!r} in report {position} (shard {report.shard['index']})"
-            )
-    for key in _SHARD_SHARED_FIELDS:
-        if first.shard.get(key) != report.shard.get(key):
-            what = {"count": "shard count", "num_blocks": "number of blocks", "total_points": "number of points",
-                    "data_sha256": "data digest", "model_sha256": "model digest", "input_shape": "input shape",
-                    "white_box": "attacks' kinds", "budgets": "attacks' budgets"}[key]
-            raise ValueError(
-                f"Shards of different runs: the {what} ({key}) differs. Expected the same model, data and settings "
-                f"in every shard. Received: {first.shard.get(key)!r} in report 0 (shard {first.shard['index']}), "
-                f"{report.shard.get(key)!r} in report {position} (shard {report.shard['index']})"
-            )
-
-
-def _probe_key(attack, eps, options):
-    return attack, float(eps), tuple(sorted((k, json_ready(v)) for k, v in dict(options).items()))
-
-
-def _stand_in_specs(settings, payload):
-    """What the checks need of each cascade attack (its name and kind), without the attack itself."""
-    return [types.SimpleNamespace(name=n, white_box=payload["white_box"][n]) for n in settings["attacks"]]
-
-
-def _complete_report(settings, model_name, versions, correct, broken_by, norms, payload, probe, selected):
-    """The report of the whole set, with its checks; the same code for a single run and a merge."""
-    eps, norm = settings["eps"], settings["norm"]
-    minimum_norm = {a: norm_statistics(norms[a], correct) for a in settings["minimum_norm_attacks"]}
-    report = build_report(correct, eps, norm, settings["attacks"], broken_by, minimum_norm, settings, model_name,
-                          versions)
-    budgets = payload["budgets"]
-    report.standard_reasons = standard_reasons(report.attacks, budgets, norm, settings["num_classes"])
-    report.standard = not report.standard_reasons
-    sample = payload["sample"]
-    specs = _stand_in_specs(settings, payload)
-    # Only the class counts matter to the chance level the checks compare with.
-    labels = np.repeat(np.arange(len(payload["label_counts"])), payload["label_counts"])
-    zero_gradients = {(eps[i], name): (zero, attacked) for i, name, zero, attacked in payload["zero_gradients"]}
-    report.flags = list(sample["model_flags"]) + masking_checks.cascade_checks(
-        report, specs, budgets, probe, labels=labels, sample_labels=np.asarray(sample["labels"]),
-        input_shape=tuple(payload["input_shape"]), clip_min=settings["clip_min"], clip_max=settings["clip_max"],
-        num_classes=settings["num_classes"], zero_gradients=zero_gradients, selected=selected)
-    if "more_iterations_change_little" in selected:
-        report.flags.append(masking_checks.thoroughness_check(report, specs, budgets, probe, len(sample["labels"])))
-    return report
-
-
-def _record_probes(settings, model_name, versions, part, payload, probe, selected):
-    """Runs every probe the merged report's checks can ask for and returns them as JSON-ready records.
-
-    The checks on the shard's own points ask for the same probes as on the whole set
-    (they depend on the settings only), but for `thorough`, which reruns whichever
-    white-box attack broke most points of the whole set: that one is not known yet, so
-    every candidate is probed.
-    """
-    records = []
-
-    def recording(spec, e, **overrides):
-        accuracy = probe(spec, e, **overrides)
-        records.append({"attack": spec.name, "eps": float(e), "options": json_ready(overrides),
-                        "accuracy": float(accuracy)})
-        return accuracy
-
-    _complete_report(settings, model_name, versions, part.correct, part.broken_by, part.norms, payload, recording,
-                     selected - {"more_iterations_change_little"})
-    if "more_iterations_change_little" in selected:
-        specs = _stand_in_specs(settings, payload)
-        for spec in specs:
-            if spec.white_box:
-                # A report in which this attack broke the most points makes the check pick it.
-                masking_checks.thoroughness_check(types.SimpleNamespace(broken_by=[[spec.name]], eps=settings["eps"]),
-                                                  specs, payload["budgets"], recording, len(part.sample_y))
-    unique = {}
-    for record in records:
-        unique.setdefault(_probe_key(record["attack"], record["eps"], record["options"]), record)
-    return list(unique.values())
-
-
-def _shard_report(settings, model_name, versions, part, payload):
-    """The report over one shard's points, carrying what `merge_shard_reports` needs; no flags."""
-    settings = {**settings, "num_points": len(part.correct)}
-    minimum_norm = {a: norm_statistics(part.norms[a], part.correct) for a in settings["minimum_norm_attacks"]}
-    report = build_report(part.correct, settings["eps"], settings["norm"], settings["attacks"], part.broken_by,
-                          minimum_norm, settings, model_name, versions)
-    report.standard_reasons = standard_reasons(report.attacks, payload["budgets"], settings["norm"],
-                                               settings["num_classes"])
-    report.standard = not report.standard_reasons
-    report.shard = json_ready(payload)
     return report
 
 
@@ -539,202 +308,6 @@ def _validate_eps(eps):
     if any(b <= a for a, b in zip(values, values[1:])):
         raise ValueError(f"eps must be strictly increasing. Received: eps={eps!r}")
     return [float(e) for e in values]
-
-
-def _validate_shard(shard):
-    """`(index, count)`; `(0, 1)` for no shard."""
-    if shard is None:
-        return 0, 1
-    if (not isinstance(shard, (tuple, list)) or len(shard) != 2
-            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in shard)):
-        raise ValueError(f"shard must be a pair of integers (index, count). Received: shard={shard!r}")
-    index, count = int(shard[0]), int(shard[1])
-    if count < 1:
-        raise ValueError(f"The shard count must be >= 1. Received: shard={shard!r}")
-    if not 0 <= index < count:
-        raise ValueError(f"The shard index must lie in [0, {count}). Received: shard={shard!r}")
-    return index, count
-
-
-def _strategy_devices(strategy):
-    """The devices one round of blocks goes to: the strategy's worker devices, or [None] (no device scope)."""
-    if strategy is None:
-        return [None]
-    devices = getattr(getattr(strategy, "extended", None), "worker_devices", None)
-    if not isinstance(strategy, tf.distribute.Strategy) or not devices:
-        raise ValueError("strategy must be a tf.distribute.Strategy over local devices, e.g. "
-                         f"tf.distribute.MirroredStrategy(). Received: strategy of type {type(strategy).__name__}")
-    return list(devices)
-
-
-def _chain(first, rest):
-    yield first
-    yield from rest
-
-
-class _Blocks:
-    """The data as blocks `(k, x, y)` of `batch_size` points (the last may be smaller), validated.
-
-    Arrays are validated whole up front (they are in memory anyway); a Dataset is read
-    element by element and regrouped, so at most one block and one element are held.
-    """
-
-    def __init__(self, data, batch_size, *, eps, norm, clip_min, clip_max, num_classes):
-        self.batch_size = batch_size
-        self.check = dict(eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max)
-        self.num_classes = num_classes
-        self.dataset = self.x = self.y = None
-        if isinstance(data, tf.data.Dataset):
-            self.dataset = data
-        elif isinstance(data, (tuple, list)) and len(data) == 2:
-            x, y = validate_attack_inputs(*data, num_classes=num_classes, **self.check)
-            self.x, self.y = x.numpy(), y.numpy()
-        else:
-            raise ValueError(
-                "data must be an (x, y) pair of arrays or a tf.data.Dataset of (x, y) batches. "
-                f"Received: data of type {type(data).__name__}"
-            )
-
-    def total_blocks(self):
-        """The number of blocks, or None when the data is a Dataset (known only once read)."""
-        return None if self.x is None else -(-len(self.y) // self.batch_size)
-
-    def __iter__(self):
-        if self.x is not None:
-            for k, start in enumerate(range(0, len(self.y), self.batch_size)):
-                yield k, self.x[start:start + self.batch_size], self.y[start:start + self.batch_size]
-            return
-        xs, ys, held, k = [], [], 0, 0
-        for element in self.dataset:
-            if not isinstance(element, (tuple, list)) or len(element) != 2:
-                raise ValueError(
-                    "A tf.data.Dataset passed as data must yield (x, y) batches. "
-                    f"Received an element of type {type(element).__name__}"
-                )
-            x, y = np.asarray(element[0]), np.asarray(element[1])
-            if x.ndim == 0 or y.ndim == 0:
-                raise ValueError("A tf.data.Dataset passed as data must yield batches (a leading batch axis); "
-                                 f"batch it with .batch(n). Received an element with x.shape={x.shape}")
-            xs.append(x)
-            ys.append(y)
-            held += len(y)
-            while held >= self.batch_size:
-                x, y = np.concatenate(xs), np.concatenate(ys)
-                yield (k, *self._validate(x[:self.batch_size], y[:self.batch_size]))
-                k += 1
-                xs, ys, held = [x[self.batch_size:]], [y[self.batch_size:]], held - self.batch_size
-        if held:
-            yield (k, *self._validate(np.concatenate(xs), np.concatenate(ys)))
-
-    def _validate(self, x, y):
-        x, y = validate_attack_inputs(x, y, num_classes=self.num_classes, **self.check)
-        return x.numpy(), y.numpy()
-
-
-class _Part:
-    """The results of the blocks one call evaluated, and what it saw of the whole set."""
-
-    def __init__(self):
-        self.blocks, self.block_sizes = [], []
-        self.correct_chunks, self.rows, self.norm_chunks = [], [], []
-        self.zero_gradients = []
-        self.label_counts = None
-        self.total_points = self.num_blocks = 0
-        self.data_sha256 = None
-        self.sample_x = self.sample_y = None
-
-    def finish(self, eps_count, min_names):
-        self.correct = (np.concatenate(self.correct_chunks) if self.correct_chunks else np.zeros(0, bool))
-        self.broken_by = [list(itertools.chain.from_iterable(rows[i] for rows in self.rows)) for i in range(eps_count)]
-        self.norms = {a: np.concatenate([n[a] for n in self.norm_chunks]) if self.norm_chunks else np.zeros(0)
-                      for a in min_names}
-
-
-def _evaluate_blocks(run, blocks, total_blocks, state, index, count, devices, verbose):
-    """Evaluates this shard's blocks, a round of one block per device at a time; hashes all of them."""
-    part = _Part()
-    digest = DataDigest()
-    sample_x, sample_y, sampled = [], [], 0
-    zero = {}
-    own = None if total_blocks is None else len(range(index, total_blocks, count))
-    bar = progress_bar(own, 0, f"{len(run.eps)} eps x [{', '.join(s.name for s in run.specs)}]: blocks of "
-                       f"{run.batch_size}", verbose)
-    pool = concurrent.futures.ThreadPoolExecutor(len(devices)) if len(devices) > 1 else None
-
-    def run_round(pending):
-        if pool is None:
-            with _device_scope(devices[0]):
-                results = [run.block(k, x, y, state) for k, x, y in pending]
-        else:
-            futures = [pool.submit(_on_device, device, run.block, k, x, y, state)
-                       for device, (k, x, y) in zip(devices, pending)]
-            results = [f.result() for f in futures]
-        for (k, x, y), result in zip(pending, results):
-            part.blocks.append(k)
-            part.block_sizes.append(len(y))
-            part.correct_chunks.append(result["correct"])
-            part.rows.append(result["rows"])
-            part.norm_chunks.append(result["norms"])
-            for key, (z, attacked) in result["zero_gradients"].items():
-                total = zero.setdefault(key, [0, 0])
-                total[0] += z
-                total[1] += attacked
-            counts = np.bincount(y, minlength=run.num_classes)
-            part.label_counts = counts if part.label_counts is None else part.label_counts + counts
-            bar.update(1)
-
-    try:
-        pending = []
-        for k, x, y in blocks:
-            digest.update(x, y)
-            part.total_points += len(y)
-            part.num_blocks = k + 1
-            if sampled < CHECK_SAMPLE_SIZE:
-                sample_x.append(x[:CHECK_SAMPLE_SIZE - sampled])
-                sample_y.append(y[:CHECK_SAMPLE_SIZE - sampled])
-                sampled += len(sample_y[-1])
-            if k % count != index:
-                continue
-            pending.append((k, x, y))
-            if len(pending) == len(devices):
-                run_round(pending)
-                pending = []
-        if pending:
-            run_round(pending)
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True)
-        bar.close()
-    if index >= part.num_blocks:
-        raise ValueError(f"Shard {index} of {count} holds no block: the data has only {part.num_blocks} blocks of "
-                         f"{run.batch_size} points. Expected a shard count <= {part.num_blocks}. "
-                         f"Received: shard=({index}, {count})")
-    if part.label_counts is None:
-        part.label_counts = np.zeros(run.num_classes, np.int64)
-    part.data_sha256 = digest.hexdigest()
-    part.sample_x, part.sample_y = np.concatenate(sample_x), np.concatenate(sample_y)
-    names = [s.name for s in run.specs]
-    part.zero_gradients = [[i, name, z, a] for (i, name), (z, a) in
-                           sorted(zero.items(), key=lambda item: (item[0][0], names.index(item[0][1])))]
-    part.finish(len(run.eps), [s.name for s in run.min_specs])
-    return part
-
-
-def _device_scope(device):
-    return tf.device(device) if device is not None else _NoScope()
-
-
-class _NoScope:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _on_device(device, fn, *args):
-    with tf.device(device):
-        return fn(*args)
 
 
 def _check_model_output(model, x, y, num_classes):
