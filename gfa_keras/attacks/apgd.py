@@ -269,9 +269,10 @@ def apgd_t(
     """Targeted APGD on the DLR loss, as in AutoAttack's APGD-T.
 
     Without `targets`, it attacks in turn the classes the model ranks 2nd,
-    3rd, ... on the clean input (`num_target_classes` of them), and any
-    misclassification counts. With explicit `targets`, only reaching the target
-    class counts. The model needs at least 4 classes (the DLR denominator).
+    3rd, ... on the clean input (`num_target_classes` of them), each only on
+    the examples no earlier target fooled, and any misclassification counts.
+    With explicit `targets`, only reaching the target class counts. The model
+    needs at least 4 classes (the DLR denominator).
 
     Args:
         model: Callable mapping a batch to logits.
