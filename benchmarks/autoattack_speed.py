@@ -63,7 +63,7 @@ STANDARD_BUDGET = {
     "fab_t": {"steps": 100, "restarts": 1, "target_classes": 9},
     "square": {"queries": 5000, "restarts": 1, "p_init": 0.8, "rescaled_schedule": False},
 }
-DEFAULT_CACHE_DIR = "/work/runs/aabench"
+DEFAULT_CACHE_DIR = "runs/autoattack_speed"
 # Relative slack on the norm bound for float32 rounding in both sides' projections.
 NORM_SLACK = 1e-6
 

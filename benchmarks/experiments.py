@@ -1,7 +1,7 @@
 """The paper's experiments, reproduced with this library's strict evaluation.
 
 Every step is resumable and writes under a runs directory outside the repository
-(default `/work/runs`), one directory per (data set, architecture, method):
+(default `runs/` under the current directory), one directory per (data set, architecture, method):
 
     <runs>/<dataset>_<arch>/<method>/
         model.keras       the hardened model after the last finished epoch
@@ -367,7 +367,7 @@ def main(argv=None):
         p = sub.add_parser(name)
         p.add_argument("--dataset", choices=list(SETTINGS), default="fashion_mnist")
         p.add_argument("--arch", choices=("mlp", "cnn"), default="mlp")
-        p.add_argument("--runs", default="/work/runs")
+        p.add_argument("--runs", default="runs")
     p = sub.choices["time"]
     p.add_argument("--train-size", type=int, default=6000)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))

@@ -7,7 +7,7 @@ each, Square 5,000 queries) as a per-example worst case on 1,000 class-balanced 
 points, with the gradient-masking checks.
 
 Everything resumes after a kill and writes under a runs directory outside the repository
-(default /work/runs/recipes), one directory per (data set, recipe, seed):
+(default runs/recipes under the current directory), one directory per (data set, recipe, seed):
 
     <runs>/<dataset>/<recipe>/seed<k>/
         model.keras        the model after the last finished epoch (optimizer state included)
@@ -339,7 +339,7 @@ def main(argv=None):
                         help="autoattack: the full standard cascade (the benchmark); screen: APGD-CE 100 steps "
                              "alone, for screening runs only (not AutoAttack)")
     parser.add_argument("--no-eval", action="store_true", help="run: train only")
-    parser.add_argument("--runs", default="/work/runs/recipes")
+    parser.add_argument("--runs", default="runs/recipes")
     parser.add_argument("--verbose", type=int, default=1)
     args = parser.parse_args(argv)
     args.epochs = args.epochs or SETTINGS[args.dataset]["epochs"]

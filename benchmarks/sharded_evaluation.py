@@ -1,7 +1,7 @@
 """Evaluation that scales out, measured: one process, two shard processes and their merge, and what the
 fixed blocks cost.
 
-    python benchmarks/sharded_evaluation.py --out /work/runs/sharded_eval [--points 1000] [--old-tree DIR]
+    python benchmarks/sharded_evaluation.py --out runs/sharded_eval [--points 1000] [--old-tree DIR]
 
 1. Trains (once, cached in `--out`) the paper's Fashion-MNIST MLP (`mlp`) for 2 epochs on the first
    10,000 training images, seed 0.
