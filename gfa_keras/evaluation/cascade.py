@@ -17,6 +17,7 @@ exactly the report of the whole run.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import math
@@ -171,6 +172,66 @@ def evaluate_robustness(
     # ... and shard=(1, 2) elsewhere, then merge_shard_reports([part, other]).
     ```
     """
+    eps_list, specs, min_specs, selected, index, count, devices = _validated_arguments(
+        attacks, eps, norm, minimum_norm_attacks, batch_size, restarts, steps, num_classes, seed, checks, thorough,
+        verbose, shard, strategy)
+    source = Blocks(data, batch_size, eps=eps_list[-1], norm=norm, clip_min=clip_min, clip_max=clip_max,
+                    num_classes=num_classes)
+    blocks = iter(source)
+    first, num_classes = _first_block(blocks, source.y, model, num_classes)
+    # The labels of a Dataset's later blocks are checked as they are read, against the model's
+    # outputs: known only now, after the first block.
+    source.num_classes = num_classes
+    total_blocks = source.total_blocks()
+    if total_blocks is not None and index >= total_blocks:
+        raise ValueError(f"Shard {index} of {count} would hold no block: the data has only {total_blocks} blocks of "
+                         f"{batch_size} points. Expected a shard count <= {total_blocks}. Received: shard={shard!r}")
+    settings, budgets, min_budgets = _settings_and_budgets(
+        attacks, specs, min_specs, eps_list, norm, steps, restarts, seed, batch_size, clip_min, clip_max, num_classes)
+    count_zero_gradients = "zero_gradients" in selected
+    # Hashing the weights costs time: only a saved state or a shard report needs it, and both the same.
+    digest = functools.cache(lambda: model_digest(model))
+    input_shape = [int(d) for d in first[1].shape[1:]]
+    # The data is checked block by block against the hashes the state holds (it is never
+    # read whole, so it cannot be hashed before the first attack).
+    state = EvaluationState(state_path, lambda: {**settings, "model": digest(), "input_shape": input_shape,
+                                                 "zero_gradient_counts": count_zero_gradients,
+                                                 "shard": [index, count]})
+    run = _Runner(model, norm=norm, seed=seed, clip_min=clip_min, clip_max=clip_max, batch_size=batch_size,
+                  num_classes=num_classes, eps=eps_list, specs=specs, budgets=budgets, min_specs=min_specs,
+                  min_budgets=min_budgets, count_zero_gradients=count_zero_gradients)
+    part = evaluate_blocks(run, itertools.chain([first], blocks), total_blocks, state, index, count, devices,
+                           verbose, CHECK_SAMPLE_SIZE)
+    settings.update(num_points=part.total_points, checks=sorted(selected), thorough=bool(thorough))
+    payload = _payload(model, part, index, count, digest() if shard is not None else None, input_shape, specs,
+                       budgets, selected)
+    probe = run.probe_on(part.sample_x, part.sample_y)
+    name = getattr(model, "name", type(model).__name__)
+    versions = _versions()
+    if shard is None:
+        report = complete_report(settings, name, versions, part.correct, part.broken_by, part.norms, payload, probe,
+                                  selected)
+    else:
+        if payload["sample"] is not None:
+            payload["sample"]["probes"] = record_probes(settings, name, versions, part, payload, probe, selected)
+        report = shard_report(settings, name, versions, part, payload)
+    if verbose:
+        print(report.summary() + (f" (shard {index}/{count})" if shard is not None else ""))
+    return report
+
+
+def _validated_arguments(attacks, eps, norm, minimum_norm_attacks, batch_size, restarts, steps, num_classes, seed,
+                         checks, thorough, verbose, shard, strategy):
+    """Checks `evaluate_robustness`'s arguments but the model and the data, before anything runs.
+
+    Warns when a sharded or multi-device run has an attack in its cascade that `seed`
+    cannot reach (`UNSEEDED_ATTACKS`).
+
+    Returns:
+        `(eps_list, specs, min_specs, selected, index, count, devices)`: the bounds as
+        floats, the cascade's and the minimum-norm runs' `AttackSpec`s, the names of
+        the checks to run, the shard as `(index, count)` and the devices of one round.
+    """
     eps_list = _validate_eps(eps)
     check_choice("norm", norm, NORMS)
     specs = resolve_attacks(attacks, norm, "attacks")
@@ -206,25 +267,29 @@ def evaluate_robustness(
         warnings.warn(f"{unseeded} draw their random start from TensorFlow's global random state, which seed "
                       "cannot reach: their results depend on the order of the calls, so this sharded or "
                       "multi-device run can differ from a single run on the points they attack. For an exact "
-                      "merge use seeded attacks (apgd_ce, apgd_t, fab_t, square, fgsm, ...).", stacklevel=2)
-    source = Blocks(data, batch_size, eps=eps_list[-1], norm=norm, clip_min=clip_min, clip_max=clip_max,
-                     num_classes=num_classes)
-    blocks = iter(source)
+                      "merge use seeded attacks (apgd_ce, apgd_t, fab_t, square, fgsm, ...).", stacklevel=3)
+    return eps_list, specs, min_specs, selected, index, count, devices
+
+
+def _first_block(blocks, labels, model, num_classes):
+    """Reads the first block and checks the model's output on it: `(first block, num_classes)`.
+
+    `labels` are all the labels when the data are arrays (all checked now), else None
+    (the first block's are). `num_classes` comes back as the model's number of outputs.
+    """
     first = next(blocks, None)
     if first is None:
         raise ValueError("data holds no examples.")
-    # Arrays: every label is checked now; a Dataset's later blocks are checked as they are read.
-    num_classes = _check_model_output(model, first[1], first[2] if source.y is None else source.y, num_classes)
-    source.num_classes = num_classes
-    total_blocks = source.total_blocks()
-    if total_blocks is not None and index >= total_blocks:
-        raise ValueError(f"Shard {index} of {count} would hold no block: the data has only {total_blocks} blocks of "
-                         f"{batch_size} points. Expected a shard count <= {total_blocks}. Received: shard={shard!r}")
+    return first, _check_model_output(model, first[1], first[2] if labels is None else labels, num_classes)
+
+
+def _settings_and_budgets(attacks, specs, min_specs, eps_list, norm, steps, restarts, seed, batch_size, clip_min,
+                          clip_max, num_classes):
+    """The report's settings (without the point count and the checks) and the budgets of both kinds of run."""
     preset = attacks if isinstance(attacks, str) else None
     budgets = attack_budgets(specs, preset=preset, steps=steps, restarts=restarts, num_classes=num_classes)
     min_budgets = attack_budgets(min_specs, steps=steps, restarts=restarts, num_classes=num_classes,
                                  cascade=False)
-
     settings = {
         "eps": eps_list,
         "norm": norm,
@@ -237,57 +302,27 @@ def evaluate_robustness(
         "clip_max": float(clip_max),
         "num_classes": num_classes,
     }
-    count_zero_gradients = "zero_gradients" in selected
-    digest_of_model = {}
+    return settings, budgets, min_budgets
 
-    def digest():
-        if "sha256" not in digest_of_model:
-            digest_of_model["sha256"] = model_digest(model)
-        return digest_of_model["sha256"]
 
-    # The data is checked block by block against the hashes the state holds (it is never
-    # read whole, so it cannot be hashed before the first attack).
-    state = EvaluationState(state_path, lambda: {**settings, "model": digest(), "input_shape": list(first[1].shape[1:]),
-                                                 "zero_gradient_counts": count_zero_gradients,
-                                                 "shard": [index, count]})
-    run = _Runner(model, norm, seed, clip_min, clip_max, batch_size, specs, budgets, eps_list, min_specs,
-                  min_budgets, count_zero_gradients)
-    run.num_classes = num_classes
-    part = evaluate_blocks(run, itertools.chain([first], blocks), total_blocks, state, index, count, devices,
-                           verbose, CHECK_SAMPLE_SIZE)
-    settings.update(num_points=part.total_points, checks=sorted(selected), thorough=bool(thorough))
-    white_box = {s.name: bool(s.white_box) for s in specs}
-    name = getattr(model, "name", type(model).__name__)
-    input_shape = [int(d) for d in first[1].shape[1:]]
+def _payload(model, part, index, count, model_sha256, input_shape, specs, budgets, selected):
+    """What `complete_report` needs beyond the per-example results, and a shard report carries to the merge.
+
+    Shard 0 (or the single run) also runs the checks that need the model on the sample
+    (`part.sample_x`); the probes of a shard are added to its `"sample"` afterwards.
+    """
     sample = None
-    by_name = {s.name: s for s in specs}
-
-    def live_probe(spec, e, **overrides):
-        return run.standalone_accuracy(by_name[spec.name], {**budgets[spec.name], **overrides}, part.sample_x,
-                                       part.sample_y, e)
-
     if index == 0:
         sample = {"labels": part.sample_y.tolist(),
                   "model_flags": masking_checks.model_checks(model, part.sample_x, part.sample_y, selected),
                   "probes": []}
-    payload = {
+    return {
         "index": index, "count": count, "blocks": part.blocks, "block_sizes": part.block_sizes,
         "num_blocks": part.num_blocks, "total_points": part.total_points, "data_sha256": part.data_sha256,
-        "model_sha256": digest() if shard is not None else None, "input_shape": input_shape,
-        "white_box": white_box, "budgets": budgets, "label_counts": part.label_counts.tolist(),
-        "zero_gradients": part.zero_gradients, "sample": sample,
+        "model_sha256": model_sha256, "input_shape": input_shape,
+        "white_box": {s.name: bool(s.white_box) for s in specs}, "budgets": budgets,
+        "label_counts": part.label_counts.tolist(), "zero_gradients": part.zero_gradients, "sample": sample,
     }
-    versions = _versions()
-    if shard is None:
-        report = complete_report(settings, name, versions, part.correct, part.broken_by, part.norms, payload,
-                                  live_probe, selected)
-    else:
-        if sample is not None:
-            sample["probes"] = record_probes(settings, name, versions, part, payload, live_probe, selected)
-        report = shard_report(settings, name, versions, part, payload)
-    if verbose:
-        print(report.summary() + (f" (shard {index}/{count})" if shard is not None else ""))
-    return report
 
 
 def _versions():
@@ -346,16 +381,16 @@ def _verified_breaks(model, x, x_adv, y, eps, norm, clip_min, clip_max):
 class _Runner:
     """Runs the cascade on one block at a time with the attacks' budgets and verifies their output."""
 
-    def __init__(self, model, norm, seed, clip_min, clip_max, batch_size, specs, budgets, eps, min_specs,
-                 min_budgets, count_zero_gradients):
+    def __init__(self, model, *, norm, seed, clip_min, clip_max, batch_size, num_classes, eps, specs, budgets,
+                 min_specs, min_budgets, count_zero_gradients):
         self.model, self.norm, self.seed = model, norm, seed
         self.clip_min, self.clip_max, self.batch_size = clip_min, clip_max, batch_size
+        self.num_classes = num_classes
         self.specs, self.budgets, self.eps = specs, budgets, eps
         self.min_specs, self.min_budgets = min_specs, min_budgets
         # Whether to count the attacked points with a zero input gradient in the APGD stages
         # (one more gradient per block), only when the check runs.
         self.count_zero_gradients = count_zero_gradients
-        self.num_classes = None
 
     def attack(self, spec, budget, x, y, eps, seed):
         """Runs one attack on one batch with its budget and returns its (unverified) output."""
@@ -456,3 +491,16 @@ class _Runner:
                      for b, batch in enumerate(correct[s:s + self.batch_size]
                                                for s in range(0, len(correct), self.batch_size)))
         return (len(correct) - broken) / len(y)
+
+    def probe_on(self, x, y):
+        """The checks' `probe(spec, eps, **overrides)` on the sample `(x, y)`.
+
+        It returns the accuracy of the cascade attack named `spec.name` alone at `eps`,
+        with its budget updated by `overrides` (`spec` may be a stand-in with a name).
+        """
+        by_name = {s.name: s for s in self.specs}
+
+        def probe(spec, eps, **overrides):
+            return self.standalone_accuracy(by_name[spec.name], {**self.budgets[spec.name], **overrides}, x, y, eps)
+
+        return probe
