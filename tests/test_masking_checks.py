@@ -83,6 +83,16 @@ def test_late_breaks_after_apgd_t_warn_above_one_percent():
     assert mc.check_late_breaks([0.1], [0.40], [0.391], attack="square")["status"] == "ok"
 
 
+def test_zero_gradient_counts_sum_per_eps_and_attack_in_cascade_order():
+    # Per block and stage, as a run or the shards of a merge record them; apgd_t comes first in
+    # the records but second in the cascade, eps 1 before eps 0.
+    counts = [(1, "apgd_t", 1, 4), (0, "apgd_t", 2, 5), (0, "apgd_ce", 0, 9), (0, "apgd_t", 3, 6),
+              [1, "apgd_ce", 4, 7]]
+    assert mc.sum_zero_gradients(counts, ["apgd_ce", "apgd_t"]) == [
+        [0, "apgd_ce", 0, 9], [0, "apgd_t", 5, 11], [1, "apgd_ce", 4, 7], [1, "apgd_t", 1, 4]]
+    assert mc.sum_zero_gradients([], ["apgd_ce"]) == []
+
+
 def test_zero_gradient_and_target_class_flags():
     assert mc.check_zero_gradients("apgd_ce", 0, 50)["status"] == "ok"
     flag = mc.check_zero_gradients("apgd_t", 5, 50, eps=0.1)

@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from gfa_keras.attacks import validate_attack_inputs
+from gfa_keras.evaluation import masking_checks
 from gfa_keras.evaluation.progress import progress_bar
 from gfa_keras.evaluation.state import DataDigest
 
@@ -133,7 +134,7 @@ def evaluate_blocks(run, blocks, total_blocks, state, index, count, devices, ver
     part = BlockResults()
     digest = DataDigest()
     sample_x, sample_y, sampled = [], [], 0
-    zero = {}
+    zero_counts = []
     own = None if total_blocks is None else len(range(index, total_blocks, count))
     bar = progress_bar(own, 0, f"{len(run.eps)} eps x [{', '.join(s.name for s in run.specs)}]: blocks of "
                        f"{run.batch_size}", verbose)
@@ -153,10 +154,7 @@ def evaluate_blocks(run, blocks, total_blocks, state, index, count, devices, ver
             part.correct_chunks.append(result["correct"])
             part.rows.append(result["rows"])
             part.norm_chunks.append(result["norms"])
-            for key, (z, attacked) in result["zero_gradients"].items():
-                total = zero.setdefault(key, [0, 0])
-                total[0] += z
-                total[1] += attacked
+            zero_counts.extend(result["zero_gradients"])
             counts = np.bincount(y, minlength=run.num_classes)
             part.label_counts = counts if part.label_counts is None else part.label_counts + counts
             bar.update(1)
@@ -191,9 +189,7 @@ def evaluate_blocks(run, blocks, total_blocks, state, index, count, devices, ver
         part.label_counts = np.zeros(run.num_classes, np.int64)
     part.data_sha256 = digest.hexdigest()
     part.sample_x, part.sample_y = np.concatenate(sample_x), np.concatenate(sample_y)
-    names = [s.name for s in run.specs]
-    part.zero_gradients = [[i, name, z, a] for (i, name), (z, a) in
-                           sorted(zero.items(), key=lambda item: (item[0][0], names.index(item[0][1])))]
+    part.zero_gradients = masking_checks.sum_zero_gradients(zero_counts, [s.name for s in run.specs])
     part.finish(len(run.eps), [s.name for s in run.min_specs])
     return part
 

@@ -416,7 +416,7 @@ class _Runner:
         Returns:
             `{"correct": bool per point, "rows": per eps the row of `broken_by`,
             "norms": {minimum-norm attack: norm per point}, "zero_gradients":
-            {(eps index, attack): (zero, attacked)}}`.
+            [(eps index, attack, zero, attacked) per APGD stage that attacked points]}`.
         """
         key = f"block{k}"
         # Only a saved state needs the hash: it tells a resumed run that the block is the same.
@@ -432,7 +432,7 @@ class _Runner:
             state.put(key, record)
         correct = np.asarray(record["correct"], dtype=bool)
         seed = self.seed + k
-        rows, zero_gradients = [], {}
+        rows, zero_gradients = [], []
         for i, e in enumerate(self.eps):
             row = np.where(correct, None, "clean").astype(object)
             for spec in self.specs:
@@ -444,7 +444,7 @@ class _Runner:
                     state.put(key, record)
                 row[stage["broken"]] = spec.name
                 if "zero" in stage and stage["attacked"]:
-                    zero_gradients[(i, spec.name)] = (stage["zero"], stage["attacked"])
+                    zero_gradients.append((i, spec.name, stage["zero"], stage["attacked"]))
             rows.append(row.tolist())
         norms = {}
         for spec in self.min_specs:

@@ -37,6 +37,7 @@ __all__ = [
     "check_outputs_are_logits",
     "check_deterministic",
     "check_zero_gradients",
+    "sum_zero_gradients",
     "check_target_classes",
     "check_late_breaks",
     "zero_input_gradients",
@@ -460,6 +461,35 @@ def check_zero_gradients(attack: str, zero: int, attacked: int, eps: float | Non
                      "attacks are unreliable on them.")
     return _flag("zero_gradients", "ok", f"No point attacked by {attack}{at} has a zero input gradient "
                  f"({attacked} points).")
+
+
+def sum_zero_gradients(counts, attacks) -> list:
+    """Sums the zero-gradient counts of each eps and attack, in the cascade's order.
+
+    A run counts them per block (`check_zero_gradients` wants them per eps and attack),
+    and a merge joins the totals of its shards the same way.
+
+    Args:
+        counts: `(eps index, attack, zero, attacked)` records, e.g. one per block and
+            APGD stage.
+        attacks: The cascade's attack names, in order.
+
+    Returns:
+        `[[eps index, attack, zero, attacked], ...]`, one per eps and attack, by eps index
+        and then the attack's place in `attacks`.
+
+    Example:
+
+    >>> sum_zero_gradients([(0, "apgd_t", 1, 5), (0, "apgd_ce", 0, 9), (0, "apgd_t", 2, 4)], ["apgd_ce", "apgd_t"])
+    [[0, 'apgd_ce', 0, 9], [0, 'apgd_t', 3, 9]]
+    """
+    totals = {}
+    for i, attack, zero, attacked in counts:
+        total = totals.setdefault((i, attack), [0, 0])
+        total[0] += zero
+        total[1] += attacked
+    return [[i, attack, zero, attacked] for (i, attack), (zero, attacked)
+            in sorted(totals.items(), key=lambda item: (item[0][0], attacks.index(item[0][1])))]
 
 
 def check_target_classes(attack: str, used: int, wanted: int, num_classes: int) -> dict:

@@ -110,16 +110,10 @@ def merge_shard_reports(reports) -> RobustnessReport:
     broken_by = [list(itertools.chain.from_iterable(c[1][i] for c in chunks)) for i in range(len(settings["eps"]))]
     norms = {a: np.concatenate([np.asarray(c[2][a], dtype=np.float64) for c in chunks]) for a in mins}
     owner = next(r for r in loaded if r.shard["index"] == 0)
-    zero_gradients = {}
-    for report in loaded:
-        for i, name, zero, attacked in report.shard["zero_gradients"]:
-            total = zero_gradients.setdefault((i, name), [0, 0])
-            total[0] += zero
-            total[1] += attacked
     payload = {**shared, "index": 0, "count": 1, "sample": owner.shard["sample"],
                "label_counts": np.sum([r.shard["label_counts"] for r in loaded], axis=0).tolist(),
-               "zero_gradients": [[i, name, z, a] for (i, name), (z, a) in sorted(
-                   zero_gradients.items(), key=lambda item: (item[0][0], attacks.index(item[0][1])))]}
+               "zero_gradients": masking_checks.sum_zero_gradients(
+                   itertools.chain.from_iterable(r.shard["zero_gradients"] for r in loaded), attacks)}
     settings["num_points"] = shared["total_points"]
     recorded = {_probe_key(p["attack"], p["eps"], p["options"]): p["accuracy"]
                 for p in (owner.shard["sample"] or {}).get("probes", [])}
