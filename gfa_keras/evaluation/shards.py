@@ -59,6 +59,19 @@ def merge_shard_reports(reports) -> RobustnessReport:
     report = merge_shard_reports(parts)
     ```
     """
+    shards = _load_shards(reports)
+    first = shards[0]
+    owner = next(r for r in shards if r.shard["index"] == 0)
+    settings = {k: v for k, v in first.settings.items() if k not in ("model_name", "date", "versions")}
+    settings["num_points"] = first.shard["total_points"]
+    correct, broken_by, norms = _join_blocks(shards, len(settings["eps"]), settings["minimum_norm_attacks"])
+    payload = _whole_run_payload(shards, owner, settings["attacks"])
+    return complete_report(settings, first.settings.get("model_name", "model"), first.settings.get("versions", {}),
+                           correct, broken_by, norms, payload, _carried_probe(owner), frozenset(settings["checks"]))
+
+
+def _load_shards(reports):
+    """The shard reports loaded, checked to come from one run and to hold each shard once."""
     if isinstance(reports, (str, os.PathLike, RobustnessReport, dict)) or not hasattr(reports, "__iter__"):
         raise ValueError("reports must be a list of shard reports (RobustnessReport, dict or JSON path). "
                          f"Received: reports of type {type(reports).__name__}")
@@ -71,6 +84,12 @@ def merge_shard_reports(reports) -> RobustnessReport:
         raise ValueError(f"Shard count must be an integer >= 1. Received: count={count!r} in report 0")
     for i, report in enumerate(loaded[1:], start=1):
         _require_same_run(first, report, i)
+    _require_every_shard_once(loaded, count)
+    return loaded
+
+
+def _require_every_shard_once(loaded, count):
+    """Raises unless the shard indices are each of `0..count - 1` once."""
     indices = []
     for i, report in enumerate(loaded):
         index = report.shard["index"]
@@ -85,19 +104,20 @@ def merge_shard_reports(reports) -> RobustnessReport:
     if missing:
         raise ValueError(f"Shards missing: {missing} of {count}. Expected all of 0..{count - 1}. "
                          f"Received shard indices {sorted(indices)}")
-    settings = {k: v for k, v in first.settings.items() if k not in ("model_name", "date", "versions")}
-    shared = first.shard
-    attacks, mins = settings["attacks"], settings["minimum_norm_attacks"]
-    num_blocks = shared["num_blocks"]
+
+
+def _join_blocks(shards, eps_count, minimum_norm_attacks):
+    """The shards' per-example results put back in the order of the data: `(correct, broken_by, norms)`."""
+    num_blocks = shards[0].shard["num_blocks"]
     chunks = [None] * num_blocks  # per block: (correct, broken_by rows, norms per attack)
-    for report in loaded:
+    for report in shards:
         start = 0
         for k, size in zip(report.shard["blocks"], report.shard["block_sizes"]):
             if not 0 <= k < num_blocks or chunks[k] is not None:
                 raise ValueError(f"Shard {report.shard['index']} holds block {k}, which is outside the "
                                  f"{num_blocks} blocks or held by another shard too.")
             rows = [row[start:start + size] for row in report.broken_by]
-            norms = {a: report.minimum_norm[a]["norms"][start:start + size] for a in mins}
+            norms = {a: report.minimum_norm[a]["norms"][start:start + size] for a in minimum_norm_attacks}
             chunks[k] = ([by != "clean" for by in rows[0]], rows, norms)
             start += size
         if start != len(report.broken_by[0]):
@@ -107,26 +127,36 @@ def merge_shard_reports(reports) -> RobustnessReport:
     if empty:
         raise ValueError(f"No shard holds blocks {empty}: the shards do not come from one run.")
     correct = np.concatenate([c[0] for c in chunks])
-    broken_by = [list(itertools.chain.from_iterable(c[1][i] for c in chunks)) for i in range(len(settings["eps"]))]
-    norms = {a: np.concatenate([np.asarray(c[2][a], dtype=np.float64) for c in chunks]) for a in mins}
-    owner = next(r for r in loaded if r.shard["index"] == 0)
-    payload = {**shared, "index": 0, "count": 1, "sample": owner.shard["sample"],
-               "label_counts": np.sum([r.shard["label_counts"] for r in loaded], axis=0).tolist(),
-               "zero_gradients": masking_checks.sum_zero_gradients(
-                   itertools.chain.from_iterable(r.shard["zero_gradients"] for r in loaded), attacks)}
-    settings["num_points"] = shared["total_points"]
+    broken_by = [list(itertools.chain.from_iterable(c[1][i] for c in chunks)) for i in range(eps_count)]
+    norms = {a: np.concatenate([np.asarray(c[2][a], dtype=np.float64) for c in chunks]) for a in minimum_norm_attacks}
+    return correct, broken_by, norms
+
+
+def _whole_run_payload(shards, owner, attacks):
+    """The payload of the whole run, for `complete_report`.
+
+    The facts every shard shares, shard 0's sample (its checks' results and probes), and
+    the label and zero-gradient counts summed over the shards.
+    """
+    return {**shards[0].shard, "index": 0, "count": 1, "sample": owner.shard["sample"],
+            "label_counts": np.sum([r.shard["label_counts"] for r in shards], axis=0).tolist(),
+            "zero_gradients": masking_checks.sum_zero_gradients(
+                itertools.chain.from_iterable(r.shard["zero_gradients"] for r in shards), attacks)}
+
+
+def _carried_probe(owner):
+    """The checks' `probe`, answered from the probes shard 0 (`owner`) ran and recorded."""
     recorded = {_probe_key(p["attack"], p["eps"], p["options"]): p["accuracy"]
                 for p in (owner.shard["sample"] or {}).get("probes", [])}
 
-    def carried_probe(spec, e, **overrides):
+    def probe(spec, e, **overrides):
         key = _probe_key(spec.name, e, overrides)
         if key not in recorded:
             raise ValueError(f"Shard 0 carries no probe of {spec.name} at eps={e:g} with {overrides}: its report "
                              "was written with other checks than the others.")
         return recorded[key]
 
-    return complete_report(settings, first.settings.get("model_name", "model"), first.settings.get("versions", {}),
-                            correct, broken_by, norms, payload, carried_probe, frozenset(settings["checks"]))
+    return probe
 
 
 def validate_shard(shard):
