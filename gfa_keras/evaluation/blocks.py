@@ -94,22 +94,65 @@ class Blocks:
 
 
 class BlockResults:
-    """The results of the blocks one call evaluated, and what it saw of the whole set."""
+    """What one `evaluate_blocks` call saw of the whole set, and the results of the blocks it evaluated.
 
-    def __init__(self):
-        self.blocks, self.block_sizes = [], []
-        self.correct_chunks, self.rows, self.norm_chunks = [], [], []
-        self.zero_gradients = []
-        self.label_counts = None
+    Every block of the data is `seen` (hashed, counted, its first points kept as the
+    checks' sample until there are `sample_size`); each evaluated block is `add`ed with
+    its results; `finish` joins those into per-example results in the order of the blocks.
+    """
+
+    def __init__(self, num_classes, sample_size):
+        # Of every block of the data.
         self.total_points = self.num_blocks = 0
+        self._digest = DataDigest()
+        self._sample_size = sample_size
+        self._sample_x, self._sample_y = [], []
+        # Of the evaluated blocks, one entry per block in the order they were evaluated.
+        self.blocks, self.block_sizes = [], []
+        self.correct_chunks, self.broken_by_chunks, self.norm_chunks = [], [], []
+        self.zero_gradient_counts = []
+        self.label_counts = np.zeros(num_classes, np.int64)
+        # Set by `finish`.
         self.data_sha256 = None
         self.sample_x = self.sample_y = None
+        self.correct = self.broken_by = self.norms = None
+        self.zero_gradients = None
 
-    def finish(self, eps_count, min_names):
-        self.correct = (np.concatenate(self.correct_chunks) if self.correct_chunks else np.zeros(0, bool))
-        self.broken_by = [list(itertools.chain.from_iterable(rows[i] for rows in self.rows)) for i in range(eps_count)]
-        self.norms = {a: np.concatenate([n[a] for n in self.norm_chunks]) if self.norm_chunks else np.zeros(0)
-                      for a in min_names}
+    def see(self, k, x, y):
+        """Takes in block `k` of the whole data, evaluated here or not."""
+        self._digest.update(x, y)
+        self.total_points += len(y)
+        self.num_blocks = k + 1
+        wanted = self._sample_size - sum(len(s) for s in self._sample_y)
+        if wanted > 0:
+            self._sample_x.append(x[:wanted])
+            self._sample_y.append(y[:wanted])
+
+    def add(self, k, y, result):
+        """Records the results of evaluated block `k` (labels `y`), as `run.block` returns them."""
+        self.blocks.append(k)
+        self.block_sizes.append(len(y))
+        self.correct_chunks.append(result["correct"])
+        self.broken_by_chunks.append(result["broken_by"])
+        self.norm_chunks.append(result["norms"])
+        self.zero_gradient_counts.extend(result["zero_gradients"])
+        self.label_counts += np.bincount(y, minlength=len(self.label_counts))
+
+    def finish(self, eps_count, attacks, minimum_norm_attacks):
+        """Joins the evaluated blocks' results into per-example ones, in the order of the blocks.
+
+        Sets `correct`, `broken_by` (per eps), `norms` (per minimum-norm attack),
+        `zero_gradients` (summed per eps and attack, in the order of `attacks`), the
+        data's digest `data_sha256` and the checks' sample.
+        """
+        self.data_sha256 = self._digest.hexdigest()
+        self.sample_x, self.sample_y = np.concatenate(self._sample_x), np.concatenate(self._sample_y)
+        # `evaluate_blocks` makes sure there is at least one block.
+        self.correct = np.concatenate(self.correct_chunks)
+        self.broken_by = [list(itertools.chain.from_iterable(rows[i] for rows in self.broken_by_chunks))
+                          for i in range(eps_count)]
+        self.norms = {a: np.concatenate([n[a] for n in self.norm_chunks]) for a in minimum_norm_attacks}
+        self.zero_gradients = masking_checks.sum_zero_gradients(self.zero_gradient_counts, attacks)
 
 
 def evaluate_blocks(run, blocks, total_blocks, state, index, count, devices, verbose, sample_size):
@@ -117,7 +160,7 @@ def evaluate_blocks(run, blocks, total_blocks, state, index, count, devices, ver
 
     Args:
         run: What evaluates one block: `run.block(k, x, y, state)` returns its results
-            (`correct`, `rows`, `norms`, `zero_gradients`); `run.eps`, `run.specs`,
+            (`correct`, `broken_by`, `norms`, `zero_gradients`); `run.eps`, `run.specs`,
             `run.min_specs`, `run.batch_size` and `run.num_classes` describe the run.
         blocks: The blocks `(k, x, y)` of the whole data, in order.
         total_blocks: Their number, or None when not known before reading them.
@@ -131,44 +174,21 @@ def evaluate_blocks(run, blocks, total_blocks, state, index, count, devices, ver
     Returns:
         The `BlockResults` of this shard's blocks.
     """
-    part = BlockResults()
-    digest = DataDigest()
-    sample_x, sample_y, sampled = [], [], 0
-    zero_counts = []
+    part = BlockResults(run.num_classes, sample_size)
     own = None if total_blocks is None else len(range(index, total_blocks, count))
     bar = progress_bar(own, 0, f"{len(run.eps)} eps x [{', '.join(s.name for s in run.specs)}]: blocks of "
                        f"{run.batch_size}", verbose)
     pool = concurrent.futures.ThreadPoolExecutor(len(devices)) if len(devices) > 1 else None
 
     def run_round(pending):
-        if pool is None:
-            with _device_scope(devices[0]):
-                results = [run.block(k, x, y, state) for k, x, y in pending]
-        else:
-            futures = [pool.submit(_on_device, device, run.block, k, x, y, state)
-                       for device, (k, x, y) in zip(devices, pending)]
-            results = [f.result() for f in futures]
-        for (k, x, y), result in zip(pending, results):
-            part.blocks.append(k)
-            part.block_sizes.append(len(y))
-            part.correct_chunks.append(result["correct"])
-            part.rows.append(result["rows"])
-            part.norm_chunks.append(result["norms"])
-            zero_counts.extend(result["zero_gradients"])
-            counts = np.bincount(y, minlength=run.num_classes)
-            part.label_counts = counts if part.label_counts is None else part.label_counts + counts
+        for (k, x, y), result in zip(pending, _evaluate_round(run, pending, state, devices, pool)):
+            part.add(k, y, result)
             bar.update(1)
 
     try:
         pending = []
         for k, x, y in blocks:
-            digest.update(x, y)
-            part.total_points += len(y)
-            part.num_blocks = k + 1
-            if sampled < sample_size:
-                sample_x.append(x[:sample_size - sampled])
-                sample_y.append(y[:sample_size - sampled])
-                sampled += len(sample_y[-1])
+            part.see(k, x, y)
             if k % count != index:
                 continue
             pending.append((k, x, y))
@@ -185,14 +205,18 @@ def evaluate_blocks(run, blocks, total_blocks, state, index, count, devices, ver
         raise ValueError(f"Shard {index} of {count} holds no block: the data has only {part.num_blocks} blocks of "
                          f"{run.batch_size} points. Expected a shard count <= {part.num_blocks}. "
                          f"Received: shard=({index}, {count})")
-    if part.label_counts is None:
-        part.label_counts = np.zeros(run.num_classes, np.int64)
-    part.data_sha256 = digest.hexdigest()
-    part.sample_x, part.sample_y = np.concatenate(sample_x), np.concatenate(sample_y)
-    part.zero_gradients = masking_checks.sum_zero_gradients(zero_counts, [s.name for s in run.specs])
-    part.finish(len(run.eps), [s.name for s in run.min_specs])
+    part.finish(len(run.eps), [s.name for s in run.specs], [s.name for s in run.min_specs])
     return part
 
+
+def _evaluate_round(run, pending, state, devices, pool):
+    """`run.block` on each pending block, one per device: in this thread, or each in a thread of `pool`."""
+    if pool is None:
+        with _device_scope(devices[0]):
+            return [run.block(k, x, y, state) for k, x, y in pending]
+    futures = [pool.submit(_on_device, device, run.block, k, x, y, state)
+               for device, (k, x, y) in zip(devices, pending)]
+    return [f.result() for f in futures]
 
 def _device_scope(device):
     return tf.device(device) if device is not None else contextlib.nullcontext()

@@ -414,7 +414,7 @@ class _Runner:
         """The cascade on block `k`, resuming from (and saving every stage to) `state`.
 
         Returns:
-            `{"correct": bool per point, "rows": per eps the row of `broken_by`,
+            `{"correct": bool per point, "broken_by": per eps the block's row of `broken_by`,
             "norms": {minimum-norm attack: norm per point}, "zero_gradients":
             [(eps index, attack, zero, attacked) per APGD stage that attacked points]}`.
         """
@@ -458,7 +458,7 @@ class _Runner:
             # JSON has no inf: a failure is stored as None.
             values[correct] = [math.inf if v is None else v for v in stage["norms"]]
             norms[spec.name] = values
-        return {"correct": correct, "rows": rows, "norms": norms, "zero_gradients": zero_gradients}
+        return {"correct": correct, "broken_by": rows, "norms": norms, "zero_gradients": zero_gradients}
 
     def _cascade_stage(self, spec, eps, x, y, targets, seed):
         """`spec` at `eps` on the block's points `targets`: `{"broken": indices in the block[, "zero", "attacked"]}`."""
