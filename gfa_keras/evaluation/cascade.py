@@ -419,46 +419,55 @@ class _Runner:
             [(eps index, attack, zero, attacked) per APGD stage that attacked points]}`.
         """
         key = f"block{k}"
-        # Only a saved state needs the hash: it tells a resumed run that the block is the same.
-        block_sha = None if state.path is None else hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()
-        record = state.get(key)
-        if record is not None and record["sha256"] != block_sha:
-            raise ValueError(f"Block {k} of the data (points {k * self.batch_size} to {k * self.batch_size + len(y) - 1})"
-                             f" differs from the one the state file {state.path} was written with. Expected the same "
-                             "data to resume. Use another state_path, or delete the file to start over.")
-        if record is None:
-            correct = _predict(self.model, x, self.batch_size) == y
-            record = {"sha256": block_sha, "correct": correct.tolist(), "stages": {}}
-            state.put(key, record)
+        record = self._block_record(k, x, y, state)
+
+        def resumed(stage_key, run_stage, *args):
+            """The stage `state` holds, or the one `run_stage(*args)` returns, saved now."""
+            nonlocal record
+            stage = record["stages"].get(stage_key)
+            if stage is None:
+                stage = run_stage(*args)
+                record = {**record, "stages": {**record["stages"], stage_key: stage}}
+                state.put(key, record)
+            return stage
+
         correct = np.asarray(record["correct"], dtype=bool)
         seed = self.seed + k
         rows, zero_gradients = [], []
         for i, e in enumerate(self.eps):
             row = np.where(correct, None, "clean").astype(object)
             for spec in self.specs:
-                stage_key = f"eps{i}/{spec.name}"
-                stage = record["stages"].get(stage_key)
-                if stage is None:
-                    stage = self._cascade_stage(spec, e, x, y, np.flatnonzero(row == None), seed)  # noqa: E711
-                    record = {**record, "stages": {**record["stages"], stage_key: stage}}
-                    state.put(key, record)
+                stage = resumed(f"eps{i}/{spec.name}", self._cascade_stage, spec, e, x, y,
+                                np.flatnonzero(row == None), seed)  # noqa: E711
                 row[stage["broken"]] = spec.name
                 if "zero" in stage and stage["attacked"]:
                     zero_gradients.append((i, spec.name, stage["zero"], stage["attacked"]))
             rows.append(row.tolist())
         norms = {}
         for spec in self.min_specs:
-            stage_key = f"min/{spec.name}"
-            stage = record["stages"].get(stage_key)
-            if stage is None:
-                stage = self._minimum_norm_stage(spec, x, y, np.flatnonzero(correct), seed)
-                record = {**record, "stages": {**record["stages"], stage_key: stage}}
-                state.put(key, record)
+            stage = resumed(f"min/{spec.name}", self._minimum_norm_stage, spec, x, y, np.flatnonzero(correct), seed)
             values = np.zeros(len(y))
             # JSON has no inf: a failure is stored as None.
             values[correct] = [math.inf if v is None else v for v in stage["norms"]]
             norms[spec.name] = values
         return {"correct": correct, "broken_by": rows, "norms": norms, "zero_gradients": zero_gradients}
+
+    def _block_record(self, k, x, y, state):
+        """Block `k`'s record in `state` (checked to be of the same data), or a new one with its clean prediction."""
+        key = f"block{k}"
+        # Only a saved state needs the hash: it tells a resumed run that the block is the same.
+        block_sha = None if state.path is None else hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()
+        record = state.get(key)
+        if record is not None and record["sha256"] != block_sha:
+            first = k * self.batch_size
+            raise ValueError(f"Block {k} of the data (points {first} to {first + len(y) - 1}) differs from the one "
+                             f"the state file {state.path} was written with. Expected the same data to resume. Use "
+                             "another state_path, or delete the file to start over.")
+        if record is None:
+            correct = _predict(self.model, x, self.batch_size) == y
+            record = {"sha256": block_sha, "correct": correct.tolist(), "stages": {}}
+            state.put(key, record)
+        return record
 
     def _cascade_stage(self, spec, eps, x, y, targets, seed):
         """`spec` at `eps` on the block's points `targets`: `{"broken": indices in the block[, "zero", "attacked"]}`."""
@@ -487,9 +496,9 @@ class _Runner:
     def standalone_accuracy(self, spec, budget, x, y, eps):
         """Accuracy of `spec` alone at `eps` on the sample `(x, y)` (misclassified clean points count)."""
         correct = np.flatnonzero(_predict(self.model, x, self.batch_size) == y)
+        batches = [correct[s:s + self.batch_size] for s in range(0, len(correct), self.batch_size)]
         broken = sum(int(self.broken(spec, budget, x[batch], y[batch], eps, self.seed + b).sum())
-                     for b, batch in enumerate(correct[s:s + self.batch_size]
-                                               for s in range(0, len(correct), self.batch_size)))
+                     for b, batch in enumerate(batches))
         return (len(correct) - broken) / len(y)
 
     def probe_on(self, x, y):
