@@ -23,9 +23,10 @@ __all__ = ["merge_shard_reports", "complete_report", "record_probes", "shard_rep
 
 # Settings that may differ between the shards of one run.
 _SHARD_LOCAL_SETTINGS = ("date", "num_points")
-# Facts about the whole run every shard records and the merge requires to agree.
-_SHARD_SHARED_FIELDS = ("count", "num_blocks", "total_points", "data_sha256", "model_sha256", "input_shape",
-                        "white_box", "budgets")
+# Facts about the whole run every shard records and the merge requires to agree, with what each is.
+_SHARD_SHARED_FIELDS = {"count": "shard count", "num_blocks": "number of blocks", "total_points": "number of points",
+                        "data_sha256": "data digest", "model_sha256": "model digest", "input_shape": "input shape",
+                        "white_box": "attacks' kinds", "budgets": "attacks' budgets"}
 
 
 def merge_shard_reports(reports) -> RobustnessReport:
@@ -199,11 +200,8 @@ def _require_same_run(first, report, position):
                 f"in every shard. Received: {first.settings.get(key)!r} in report 0 (shard {first.shard['index']}), "
                 f"{report.settings.get(key)!r} in report {position} (shard {report.shard['index']})"
             )
-    for key in _SHARD_SHARED_FIELDS:
+    for key, what in _SHARD_SHARED_FIELDS.items():
         if first.shard.get(key) != report.shard.get(key):
-            what = {"count": "shard count", "num_blocks": "number of blocks", "total_points": "number of points",
-                    "data_sha256": "data digest", "model_sha256": "model digest", "input_shape": "input shape",
-                    "white_box": "attacks' kinds", "budgets": "attacks' budgets"}[key]
             raise ValueError(
                 f"Shards of different runs: the {what} ({key}) differs. Expected the same model, data and settings "
                 f"in every shard. Received: {first.shard.get(key)!r} in report 0 (shard {first.shard['index']}), "
@@ -220,15 +218,20 @@ def _stand_in_specs(settings, payload):
     return [types.SimpleNamespace(name=n, white_box=payload["white_box"][n]) for n in settings["attacks"]]
 
 
+def _results_report(settings, model_name, versions, correct, broken_by, norms, budgets):
+    """The report of the per-example results, with its `standard` flag and reasons; no checks."""
+    minimum_norm = {a: norm_statistics(norms[a], correct) for a in settings["minimum_norm_attacks"]}
+    report = build_report(correct, settings["eps"], settings["norm"], settings["attacks"], broken_by, minimum_norm,
+                          settings, model_name, versions)
+    report.standard_reasons = standard_reasons(report.attacks, budgets, settings["norm"], settings["num_classes"])
+    report.standard = not report.standard_reasons
+    return report
+
+
 def complete_report(settings, model_name, versions, correct, broken_by, norms, payload, probe, selected):
     """The report of the whole set, with its checks; the same code for a single run and a merge."""
-    eps, norm = settings["eps"], settings["norm"]
-    minimum_norm = {a: norm_statistics(norms[a], correct) for a in settings["minimum_norm_attacks"]}
-    report = build_report(correct, eps, norm, settings["attacks"], broken_by, minimum_norm, settings, model_name,
-                          versions)
-    budgets = payload["budgets"]
-    report.standard_reasons = standard_reasons(report.attacks, budgets, norm, settings["num_classes"])
-    report.standard = not report.standard_reasons
+    eps, budgets = settings["eps"], payload["budgets"]
+    report = _results_report(settings, model_name, versions, correct, broken_by, norms, budgets)
     sample = payload["sample"]
     specs = _stand_in_specs(settings, payload)
     # Only the class counts matter to the chance level the checks compare with.
@@ -277,11 +280,7 @@ def record_probes(settings, model_name, versions, part, payload, probe, selected
 def shard_report(settings, model_name, versions, part, payload):
     """The report over one shard's points, carrying what `merge_shard_reports` needs; no flags."""
     settings = {**settings, "num_points": len(part.correct)}
-    minimum_norm = {a: norm_statistics(part.norms[a], part.correct) for a in settings["minimum_norm_attacks"]}
-    report = build_report(part.correct, settings["eps"], settings["norm"], settings["attacks"], part.broken_by,
-                          minimum_norm, settings, model_name, versions)
-    report.standard_reasons = standard_reasons(report.attacks, payload["budgets"], settings["norm"],
-                                               settings["num_classes"])
-    report.standard = not report.standard_reasons
+    report = _results_report(settings, model_name, versions, part.correct, part.broken_by, part.norms,
+                             payload["budgets"])
     report.shard = json_ready(payload)
     return report
