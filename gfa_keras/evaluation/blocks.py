@@ -218,6 +218,7 @@ def _evaluate_round(run, pending, state, devices, pool):
                for device, (k, x, y) in zip(devices, pending)]
     return [f.result() for f in futures]
 
+
 def _device_scope(device):
     return tf.device(device) if device is not None else contextlib.nullcontext()
 
