@@ -159,6 +159,6 @@ def test_single_step_defenses_on_two_devices_train_like_one_device(method, mirro
 @pytest.mark.slow
 def test_mirrored_run_logs_the_training_monitors(mirrored_single_step):
     _, history = mirrored_single_step["n_fgsm_gradalign"]
-    for key in ("val_fgsm_accuracy", "val_pgd_accuracy", "catastrophic_overfitting", "val_top_class_share",
-                "val_task_loss_to_chance"):
+    for key in ("val_fgsm_accuracy", "val_pgd_accuracy", "catastrophic_overfitting", "robust_collapse",
+                "val_top_class_share", "val_task_loss_to_chance"):
         assert len(history[key]) == cases.EPOCHS, key

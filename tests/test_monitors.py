@@ -64,7 +64,8 @@ def run_script(kinds, **monitor_options):
         warnings.simplefilter("always")
         history = model.fit(X_HELD[:8], Y_HELD[:8], epochs=len(kinds), verbose=0,
                             callbacks=[Script(kinds), monitor]).history
-    messages = [str(w.message) for w in caught if "Catastrophic overfitting" in str(w.message)]
+    messages = [str(w.message) for w in caught
+                if "Catastrophic overfitting" in str(w.message) or "Robust accuracy collapsed" in str(w.message)]
     return model, monitor, history, messages
 
 
@@ -75,16 +76,38 @@ def test_masked_model_is_flagged_with_its_figures():
     # Random starts with |x1 - 0.5| <= 0.02 keep a zero x1-gradient: about 20% survive PGD.
     assert 0.08 < history["val_pgd_accuracy"][1] < 0.35
     assert history["catastrophic_overfitting"] == [0.0, 1.0]
-    assert monitor.detected_epoch == 1
-    assert len(messages) == 1 and "epoch 2" in messages[0] and "PGD-10" in messages[0]
+    assert history["robust_collapse"] == [0.0, 1.0]  # every catastrophic overfitting is a collapse
+    assert monitor.detected_epoch == 1 and monitor.collapsed_epoch == 1
+    assert len(messages) == 1 and messages[0].startswith("Catastrophic overfitting at epoch 2")
+    assert "PGD-10" in messages[0]
 
 
-def test_falling_fgsm_accuracy_is_not_catastrophic_overfitting():
-    _, monitor, history, messages = run_script(["robust", "weak"])
-    assert history["val_pgd_accuracy"] == [1.0, 0.0]
-    assert history["val_fgsm_accuracy"] == [1.0, 0.0]
-    assert history["catastrophic_overfitting"] == [0.0, 0.0]
-    assert monitor.detected_epoch is None and not messages
+def test_falling_fgsm_accuracy_is_a_robust_collapse_not_catastrophic_overfitting():
+    _, monitor, history, messages = run_script(["robust", "weak", "weak"])
+    assert history["val_pgd_accuracy"] == [1.0, 0.0, 0.0]
+    assert history["val_fgsm_accuracy"] == [1.0, 0.0, 0.0]
+    assert history["catastrophic_overfitting"] == [0.0, 0.0, 0.0]
+    assert history["robust_collapse"] == [0.0, 1.0, 1.0]
+    assert monitor.detected_epoch is None and monitor.collapsed_epoch == 1
+    # Warned once, with the figures, and told apart from single-step overfitting.
+    assert len(messages) == 1 and messages[0].startswith("Robust accuracy collapsed at epoch 2")
+    assert "fell to 0.0% from 100.0% (epoch 1)" in messages[0] and "FGSM accuracy fell too" in messages[0]
+
+
+def test_a_drop_of_exactly_min_drop_counts_and_no_drop_does_not():
+    _, monitor, history, messages = run_script(["robust", "weak"], min_drop=1.0)
+    assert history["val_pgd_accuracy"] == [1.0, 0.0]  # a drop of exactly min_drop counts ...
+    assert history["robust_collapse"] == [0.0, 1.0]
+    _, monitor, history, messages = run_script(["weak", "weak"])
+    assert history["robust_collapse"] == [0.0, 0.0] and not messages  # ... no drop does not
+
+
+def test_stop_on_a_robust_collapse_restores_the_best_weights():
+    model, monitor, history, messages = run_script(["robust", "weak", "robust"], on_overfitting="stop")
+    assert len(history["loss"]) == 2
+    for w, expected in zip(model.get_weights(), weights("robust")):
+        np.testing.assert_array_equal(w, expected)
+    assert "Training stopped; the weights of epoch 1 are restored" in messages[0]
 
 
 def test_stop_restores_the_best_pgd_weights_and_stops():

@@ -4,7 +4,8 @@
   suddenly stop being robust (Wong et al. 2020): within an epoch, accuracy under a
   multi-step attack (PGD) collapses to near zero while accuracy under the single-step
   attack the model trains against rises, because the loss surface has become so
-  curved that one gradient step no longer finds a strong point.
+  curved that one gradient step no longer finds a strong point. It also flags any
+  collapse of PGD accuracy, which multi-step training can suffer too.
 - `CollapseGuard`: a penalty that is too strong (GFA with a large beta) can drive a
   model to a constant prediction: the alignment is high because the model ignores its
   input, and the task loss sits at chance level.
@@ -49,21 +50,25 @@ def _classifier(model):
 
 
 class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
-    """Detects catastrophic overfitting: PGD accuracy on a held-out batch collapsing while
-    FGSM accuracy rises.
+    """Detects catastrophic overfitting (PGD accuracy on a held-out batch collapsing while
+    FGSM accuracy rises) and, more generally, any collapse of robust accuracy.
 
     At the end of every `every`-th epoch, attacks the held-out batch with FGSM (one
     step of eps from x) and with PGD (`pgd_steps` steps from a random start), both
     from `gfa_keras.training.perturbations`, and logs:
 
     - `val_fgsm_accuracy`, `val_pgd_accuracy`: accuracy under each;
-    - `catastrophic_overfitting`: 1.0 when overfitting is detected at this epoch, else 0.0.
+    - `catastrophic_overfitting`: 1.0 when PGD accuracy fell by at least `min_drop`
+      below its best so far while FGSM accuracy did not fall below its value at that
+      best epoch (the single-step attack has stopped finding the points PGD finds);
+    - `robust_collapse`: 1.0 when PGD accuracy fell by at least `min_drop` below its
+      best, whatever FGSM did. Multi-step training can collapse too: PGD-3 training
+      with AWP fell from 0.75 to 0.00 PGD-10 accuracy in 3 epochs while FGSM accuracy
+      halved (docs/RESULTS.md), which the first rule alone does not flag.
 
-    Detected when PGD accuracy fell by at least `min_drop` below its best so far while
-    FGSM accuracy did not fall below its value at that best epoch (the single-step
-    attack has stopped finding the points PGD finds). Then a `UserWarning` names the
-    figures; with `on_overfitting="stop"` training also stops and the weights of the
-    best-PGD epoch are restored (Wong et al.'s early stopping).
+    On the first epoch of either kind a `UserWarning` names the figures; with
+    `on_overfitting="stop"` training also stops and the weights of the best-PGD epoch
+    are restored (Wong et al.'s early stopping).
 
     Args:
         data: `(x, y)` arrays: a held-out batch (a few hundred points; integer or
@@ -83,8 +88,11 @@ class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
 
     Attributes:
         history: One dict per measured epoch (`epoch`, `fgsm_accuracy`, `pgd_accuracy`,
-            `catastrophic_overfitting`).
-        detected_epoch: The first epoch (0-based) at which overfitting was detected, or None.
+            `catastrophic_overfitting`, `robust_collapse`).
+        detected_epoch: The first epoch (0-based) at which catastrophic overfitting was
+            detected, or None.
+        collapsed_epoch: The first epoch (0-based) at which robust accuracy collapsed
+            (of either kind), or None.
 
     Raises:
         ValueError: For a malformed held-out batch, eps <= 0, an unknown norm,
@@ -97,7 +105,7 @@ class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
     model = harden(base, method="fgsm_rs", eps=8 / 255)
     monitor = CatastrophicOverfittingMonitor((x_val[:512], y_val[:512]), eps=8 / 255)
     model.fit(x, y, epochs=30, callbacks=[monitor])
-    # history.history["val_pgd_accuracy"], ["val_fgsm_accuracy"], ["catastrophic_overfitting"]
+    # history.history["val_pgd_accuracy"], ["catastrophic_overfitting"], ["robust_collapse"]
     ```
     """
 
@@ -113,11 +121,12 @@ class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
         self.every = check_int("every", every, minimum=1)
         self.history = []
         self.detected_epoch = None
+        self.collapsed_epoch = None
         self._best = None  # (pgd_accuracy, fgsm_accuracy, epoch, weights)
         self._correct = None
 
     def on_train_begin(self, logs=None):
-        self.history, self.detected_epoch, self._best = [], None, None
+        self.history, self.detected_epoch, self.collapsed_epoch, self._best = [], None, None, None
         classifier = _classifier(self.model)
         fgsm, pgd = self.fgsm, self.pgd
 
@@ -146,32 +155,42 @@ class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
         if (epoch + 1) % self.every:
             return
         fgsm_accuracy, pgd_accuracy = self.measure()
-        overfitting = False
+        collapsed = overfitting = False
         if self._best is not None:
             best_pgd, fgsm_at_best, best_epoch, _ = self._best
-            overfitting = best_pgd - pgd_accuracy >= self.min_drop and fgsm_accuracy >= fgsm_at_best
+            collapsed = best_pgd - pgd_accuracy >= self.min_drop
+            overfitting = collapsed and fgsm_accuracy >= fgsm_at_best
         if self._best is None or pgd_accuracy > self._best[0]:
             weights = self.model.get_weights() if self.on_overfitting == "stop" else None
             self._best = (pgd_accuracy, fgsm_accuracy, epoch, weights)
+        figures = {"catastrophic_overfitting": float(overfitting), "robust_collapse": float(collapsed)}
         self.history.append({"epoch": epoch, "fgsm_accuracy": fgsm_accuracy, "pgd_accuracy": pgd_accuracy,
-                             "catastrophic_overfitting": float(overfitting)})
+                             **figures})
         if logs is not None:
-            logs["val_fgsm_accuracy"] = fgsm_accuracy
-            logs["val_pgd_accuracy"] = pgd_accuracy
-            logs["catastrophic_overfitting"] = float(overfitting)
-        if not overfitting:
+            logs.update(val_fgsm_accuracy=fgsm_accuracy, val_pgd_accuracy=pgd_accuracy, **figures)
+        if not collapsed:
             return
-        first = self.detected_epoch is None
-        if first:
+        first = self.collapsed_epoch is None or (overfitting and self.detected_epoch is None)
+        if self.collapsed_epoch is None:
+            self.collapsed_epoch = epoch
+        if overfitting and self.detected_epoch is None:
             self.detected_epoch = epoch
         best_pgd, fgsm_at_best, best_epoch, weights = self._best
-        message = (
-            f"Catastrophic overfitting at epoch {epoch + 1}: accuracy under PGD-{self.pgd.steps} on the held-out "
-            f"batch fell to {pgd_accuracy:.1%} from {best_pgd:.1%} (epoch {best_epoch + 1}) while accuracy under "
-            f"FGSM is {fgsm_accuracy:.1%} (was {fgsm_at_best:.1%}): single-step training no longer finds the "
-            "points PGD finds. Use N-FGSM or add GradAlign (harden(method='n_fgsm' or 'n_fgsm_gradalign')), "
-            "a smaller step, or PGD training."
-        )
+        figures_text = (
+            f"accuracy under PGD-{self.pgd.steps} on the held-out batch fell to {pgd_accuracy:.1%} from "
+            f"{best_pgd:.1%} (epoch {best_epoch + 1}) while accuracy under FGSM is {fgsm_accuracy:.1%} "
+            f"(was {fgsm_at_best:.1%})")
+        if overfitting:
+            message = (
+                f"Catastrophic overfitting at epoch {epoch + 1}: {figures_text}: single-step training no longer "
+                "finds the points PGD finds. Use N-FGSM or add GradAlign (harden(method='n_fgsm' or "
+                "'n_fgsm_gradalign')), a smaller step, or PGD training.")
+        else:
+            message = (
+                f"Robust accuracy collapsed at epoch {epoch + 1}: {figures_text}. FGSM accuracy fell too, so this "
+                "is not single-step catastrophic overfitting: the model is losing robustness to every attack. "
+                "Keep the best epoch (RobustEarlyStopping, or on_overfitting='stop'), or train with a stronger "
+                "attack (more PGD steps) or without weight perturbation.")
         if self.on_overfitting == "stop":
             self.model.set_weights(weights)
             self.model.stop_training = True
