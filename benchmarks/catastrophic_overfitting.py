@@ -4,6 +4,10 @@ after each epoch. Writes one JSON per method into --out (resumable: finished met
 
     python benchmarks/catastrophic_overfitting.py                      # eps 0.2, 6 epochs, 4 methods
     python benchmarks/catastrophic_overfitting.py --methods fgsm n_fgsm --eps 0.3
+    python benchmarks/catastrophic_overfitting.py --eps 0.1 --replay epoch3.keras epoch15.keras
+
+`--replay` runs the monitor over saved checkpoints of any Fashion-MNIST run instead (one per measured epoch,
+in order; they must share one architecture): would it have fired on that run?
 
 Methods: "fgsm" (zero-init FGSM with step 1.25 eps, the classic catastrophic overfitter) and any `harden`
 method that takes eps (`layers=1` for the GFA ones).
@@ -32,7 +36,11 @@ def main():
     p.add_argument("--train", type=int, default=6000)
     p.add_argument("--methods", nargs="+", default=["fgsm", "fgsm_rs", "n_fgsm", "n_fgsm_gfa"])
     p.add_argument("--out", default="runs/catastrophic_overfitting")
+    p.add_argument("--replay", nargs="+", metavar="MODEL.keras", help="checkpoints to replay the monitor over")
     args = p.parse_args()
+    if args.replay:
+        replay(args.replay, args.eps)
+        return
     os.makedirs(args.out, exist_ok=True)
     d = load_fashion_mnist()
     x, y = d.x_train[:args.train], d.y_train[:args.train]
@@ -62,6 +70,24 @@ def main():
                   "warnings": [str(w.message) for w in caught if "Catastrophic" in str(w.message)]}
         json.dump(result, open(path, "w"), indent=1)
         print(json.dumps({k: v for k, v in result.items() if k != "warnings"}), flush=True)
+
+
+def replay(paths, eps):
+    """Feeds the monitor each checkpoint as if it were the next epoch's weights, and prints its logs."""
+    d = load_fashion_mnist()
+    model = keras.models.load_model(paths[0])
+    monitor = CatastrophicOverfittingMonitor((d.x_test[:500], d.y_test[:500]), eps=eps, pgd_steps=10)
+    monitor.set_model(model)
+    monitor.on_train_begin()
+    for epoch, path in enumerate(paths):
+        model.set_weights(keras.models.load_model(path).get_weights())
+        logs = {}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            monitor.on_epoch_end(epoch, logs)
+        print(json.dumps({"checkpoint": path, **{k: round(v, 3) for k, v in logs.items()}}), flush=True)
+        for warning in caught:
+            print(f"  warning: {warning.message}", flush=True)
 
 
 if __name__ == "__main__":
