@@ -98,7 +98,7 @@ RECIPES = {
     # epochs may buy more than attack steps. `epochs_scale` multiplies the data set's epochs;
     # the scale is the inverse of the recipe's interleaved step cost (the `cost` table).
     "pgd3_ema_long": dict(harden=dict(method="pgd", steps=3, ema_momentum=0.999), passes="4", epochs_scale=1.8),
-    "n_fgsm_ema_long": dict(harden=dict(method="n_fgsm", ema_momentum=0.999), passes="2", epochs_scale=3.5),
+    "n_fgsm_ema_long": dict(harden=dict(method="n_fgsm", ema_momentum=0.999), passes="2", epochs_scale=3.4),
 }
 REFERENCE = "pgd"
 
