@@ -22,6 +22,7 @@ Commands (one per table; rerunning any of them resumes where it stopped):
     python benchmarks/recipes.py run --dataset fashion_mnist --recipes pgd trades pgd_awp --seeds 0
     python benchmarks/recipes.py cost --dataset fashion_mnist
     python benchmarks/recipes.py table --dataset fashion_mnist
+    python benchmarks/recipes.py curves --dataset fashion_mnist   # held-out accuracy per epoch
 
 `run` trains each (recipe, seed) for `--epochs` and evaluates it; `train` and `evaluate`
 do one half. Rows ending in "+es" are the same run's best held-out epoch (robust early
@@ -344,9 +345,27 @@ def cmd_table(args):
     print("\n".join(rows))
 
 
+def cmd_curves(args):
+    """Held-out APGD-CE-10 accuracy after every epoch of every run, and its training time so far
+    in PGD-7 training times (the interleaved step ratio x epochs / the reference's epochs)."""
+    root = Path(args.runs) / args.dataset
+    ratios = read_json(root / "cost.json", {}).get("ratio_to_pgd", {})
+    order = {name: i for i, name in enumerate(RECIPES)}
+    for path in sorted(root.glob("*/seed*/progress.json"), key=lambda p: (order.get(p.parent.parent.name, 99), p)):
+        progress = read_json(path)
+        recipe, held = progress["recipe"], [h["apgd_ce"] for h in progress["held_out"]]
+        if not held:
+            continue
+        spent = ratios.get(recipe)
+        spent = "-" if spent is None else f"{spent * len(held) / SETTINGS[args.dataset]['epochs']:.2f}x"
+        best = max(range(len(held)), key=held.__getitem__)
+        print(f"{recipe:<18} seed{progress['seed']} epochs {len(held):>2} (time {spent}) best {held[best]:.3f} at "
+              f"{best + 1}: " + " ".join(f"{a:.3f}" for a in held), flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["run", "train", "evaluate", "cost", "table"])
+    parser.add_argument("command", choices=["run", "train", "evaluate", "cost", "table", "curves"])
     parser.add_argument("--dataset", default="fashion_mnist", choices=sorted(SETTINGS))
     parser.add_argument("--recipes", nargs="+", default=[REFERENCE], choices=list(RECIPES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
@@ -364,8 +383,8 @@ def main(argv=None):
     parser.add_argument("--verbose", type=int, default=1)
     args = parser.parse_args(argv)
     args.epochs = args.epochs or SETTINGS[args.dataset]["epochs"]
-    {"run": cmd_run, "train": cmd_train, "evaluate": cmd_evaluate, "cost": cmd_cost, "table": cmd_table}[
-        args.command](args)
+    {"run": cmd_run, "train": cmd_train, "evaluate": cmd_evaluate, "cost": cmd_cost, "table": cmd_table,
+     "curves": cmd_curves}[args.command](args)
 
 
 if __name__ == "__main__":
