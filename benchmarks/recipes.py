@@ -293,26 +293,39 @@ def _fmt(value, digits=3):
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _runs(root):
+    """(directory, progress) of every run with a finished epoch, in `RECIPES` order, then by seed."""
+    order = {name: i for i, name in enumerate(RECIPES)}
+    for path in sorted(root.glob("*/seed*/progress.json"),
+                       key=lambda p: (order.get(p.parent.parent.name, 99), p.parent.name)):
+        progress = read_json(path)
+        if progress["epochs_done"]:
+            yield path.parent, progress
+
+
+def _reference(root):
+    """The PGD-7 reference's median epoch seconds and median epochs over its seeds, or (None, None)."""
+    runs = [progress for _, progress in _runs(root) if progress["recipe"] == REFERENCE]
+    if not runs:
+        return None, None
+    return (statistics.median(statistics.median(r["epoch_seconds"]) for r in runs),
+            statistics.median(r["epochs_done"] for r in runs))
+
+
+def _training_time(step_ratio, epochs, reference_epochs):
+    """Training time in units of the reference's: the interleaved step ratio x epochs / its epochs."""
+    return step_ratio * epochs / reference_epochs if step_ratio is not None and reference_epochs else None
+
+
 def cmd_table(args):
     root = Path(args.runs) / args.dataset
     cost = read_json(root / "cost.json", {})
-    reference = {}
-    for progress_path in sorted(root.glob(f"{REFERENCE}/seed*/progress.json")):
-        reference[progress_path.parent.name] = statistics.median(read_json(progress_path)["epoch_seconds"])
-    reference_epoch = statistics.median(reference.values()) if reference else None
-    reference_epochs = [read_json(path)["epochs_done"] for path in root.glob(f"{REFERENCE}/seed*/progress.json")]
-    reference_epochs = statistics.median(reference_epochs) if reference_epochs else None
+    reference_epoch, reference_epochs = _reference(root)
     head = ("| recipe | seed | epochs | passes/step | step time / PGD-7 (interleaved) | epoch time / PGD-7 | "
             "training time / PGD-7's (interleaved step ratio x epochs) | "
             "clean | worst case | + apgd_ce | + apgd_t | + fab_t | + square | flags | held-out APGD-CE-10 |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
-    order = {name: i for i, name in enumerate(RECIPES)}
-    for progress_path in sorted(root.glob("*/seed*/progress.json"),
-                                key=lambda p: (order.get(p.parent.parent.name, 99), p.parent.name)):
-        directory = progress_path.parent
-        progress = read_json(progress_path)
-        if not progress["epochs_done"]:
-            continue
+    for directory, progress in _runs(root):
         recipe, seed = progress["recipe"], progress["seed"]
         epoch = statistics.median(progress["epoch_seconds"])
         step_ratio = cost.get("ratio_to_pgd", {}).get(recipe)
@@ -336,8 +349,7 @@ def cmd_table(args):
                 progress["passes"],
                 _fmt(step_ratio, 2),
                 _fmt(epoch / reference_epoch if reference_epoch else None, 2),
-                _fmt(step_ratio * progress["epochs_done"] / reference_epochs
-                     if step_ratio is not None and reference_epochs else None, 2),
+                _fmt(_training_time(step_ratio, progress["epochs_done"], reference_epochs), 2),
                 _fmt(report.clean_accuracy if report else None),
                 _fmt(report.worst_case_accuracy[0] if report else None),
                 *(_fmt(c) for c in cascade), (fired or "none") if report else "-", _fmt(held),
@@ -350,17 +362,16 @@ def cmd_curves(args):
     in PGD-7 training times (the interleaved step ratio x epochs / the reference's epochs)."""
     root = Path(args.runs) / args.dataset
     ratios = read_json(root / "cost.json", {}).get("ratio_to_pgd", {})
-    order = {name: i for i, name in enumerate(RECIPES)}
-    for path in sorted(root.glob("*/seed*/progress.json"), key=lambda p: (order.get(p.parent.parent.name, 99), p)):
-        progress = read_json(path)
+    _, reference_epochs = _reference(root)
+    for _, progress in _runs(root):
         recipe, held = progress["recipe"], [h["apgd_ce"] for h in progress["held_out"]]
         if not held:
             continue
-        spent = ratios.get(recipe)
-        spent = "-" if spent is None else f"{spent * len(held) / SETTINGS[args.dataset]['epochs']:.2f}x"
+        spent = _training_time(ratios.get(recipe), len(held), reference_epochs)
+        spent = "-" if spent is None else f"{spent:.2f}x"
         best = max(range(len(held)), key=held.__getitem__)
-        print(f"{recipe:<18} seed{progress['seed']} epochs {len(held):>2} (time {spent}) best {held[best]:.3f} at "
-              f"{best + 1}: " + " ".join(f"{a:.3f}" for a in held), flush=True)
+        print(f"{recipe:<18} seed{progress['seed']} epochs {len(held):>2} (time {spent}) best "
+              f"{held[best]:.3f} at {best + 1}: " + " ".join(f"{a:.3f}" for a in held), flush=True)
 
 
 def main(argv=None):

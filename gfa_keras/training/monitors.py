@@ -170,10 +170,11 @@ class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
             logs.update(val_fgsm_accuracy=fgsm_accuracy, val_pgd_accuracy=pgd_accuracy, **figures)
         if not collapsed:
             return
-        first = self.collapsed_epoch is None or (overfitting and self.detected_epoch is None)
-        if self.collapsed_epoch is None:
+        first_collapse = self.collapsed_epoch is None
+        first_overfitting = overfitting and self.detected_epoch is None
+        if first_collapse:
             self.collapsed_epoch = epoch
-        if overfitting and self.detected_epoch is None:
+        if first_overfitting:
             self.detected_epoch = epoch
         best_pgd, fgsm_at_best, best_epoch, weights = self._best
         figures_text = (
@@ -195,7 +196,7 @@ class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
             self.model.set_weights(weights)
             self.model.stop_training = True
             message += f" Training stopped; the weights of epoch {best_epoch + 1} are restored."
-        if first or self.on_overfitting == "stop":
+        if first_collapse or first_overfitting or self.on_overfitting == "stop":
             warnings.warn(message, stacklevel=2)
 
 
