@@ -23,6 +23,10 @@ Commands (one per table; rerunning any of them resumes where it stopped):
     python benchmarks/recipes.py cost --dataset fashion_mnist
     python benchmarks/recipes.py table --dataset fashion_mnist
     python benchmarks/recipes.py curves --dataset fashion_mnist   # held-out accuracy per epoch
+    python benchmarks/recipes.py publish --dataset fashion_mnist  # JSON summaries into the repo
+
+The published summaries (benchmarks/results/recipes/<dataset>/, committed) are what docs/RESULTS.md's
+tables are made from: `table --runs benchmarks/results/recipes` prints them again.
 
 `run` trains each (recipe, seed) for `--epochs` and evaluates it; `train` and `evaluate`
 do one half. Rows ending in "+es" are the same run's best held-out epoch (robust early
@@ -58,12 +62,14 @@ from gfa_keras.evaluation.report import RobustnessReport  # noqa: E402
 
 __all__ = ["RECIPES", "SETTINGS", "main"]
 
+# validation: held out of the training images, for early stopping only; test_points: the
+# class-balanced test points the AutoAttack cascade runs on. "digits" (scikit-learn's 8x8
+# digits, 1,437 training images) is a smoke test of the bookkeeping, not a benchmark.
 SETTINGS = {
-    "fashion_mnist": dict(eps=0.1, train_size=None, epochs=15),
-    "cifar10_jpeg": dict(eps=8 / 255, train_size=20000, epochs=15),
+    "fashion_mnist": dict(eps=0.1, train_size=None, epochs=15, validation=1000, test_points=1000),
+    "cifar10_jpeg": dict(eps=8 / 255, train_size=20000, epochs=15, validation=1000, test_points=1000),
+    "digits": dict(eps=0.1, train_size=None, epochs=2, validation=200, test_points=100),
 }
-VALIDATION_SIZE = 1000  # held out of the training images, for early stopping only
-TEST_POINTS = 1000
 BATCH_SIZE = 128
 LEARNING_RATE = 1e-3
 AUTOATTACK_STEPS = {"apgd_ce": 100, "apgd_t": 100, "fab_t": 100, "square": 5000}
@@ -106,11 +112,12 @@ REFERENCE = "pgd"
 
 def load_splits(dataset: str, train_size: int | None):
     """Train (a seeded shuffle minus the validation points, optionally cut to `train_size`),
-    validation (the last `VALIDATION_SIZE` of the shuffle) and test (all)."""
+    validation (the last `SETTINGS[dataset]["validation"]` of the shuffle) and test (all)."""
     data = load_dataset(dataset)
     x, y = data.train
     order = np.random.default_rng(0).permutation(len(x))
-    val, train = order[-VALIDATION_SIZE:], order[:-VALIDATION_SIZE]
+    validation = SETTINGS[dataset]["validation"]
+    val, train = order[-validation:], order[:-validation]
     if train_size:
         train = train[:train_size]
     return (x[train], y[train]), (x[val], y[val]), data.test, data.num_classes
@@ -374,16 +381,32 @@ def cmd_curves(args):
               f"{held[best]:.3f} at {best + 1}: " + " ".join(f"{a:.3f}" for a in held), flush=True)
 
 
+def cmd_publish(args):
+    """Copies what the tables are made from (each run's progress.json and finished reports, and
+    cost.json) from --runs to --to, without models or resumable state: small files to commit, so
+    `table --runs <to>` reproduces the docs' tables from the repository."""
+    source, target = Path(args.runs) / args.dataset, Path(args.to) / args.dataset
+    files = [source / "cost.json", *source.glob("*/seed*/progress.json"), *source.glob("*/seed*/eval_*.json")]
+    copied = 0
+    for path in files:
+        if path.exists() and not path.name.endswith(".state.json"):
+            destination = target / path.relative_to(source)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            destination.write_bytes(path.read_bytes())
+            copied += 1
+    print(f"copied {copied} files from {source} to {target}", flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["run", "train", "evaluate", "cost", "table", "curves"])
+    parser.add_argument("command", choices=["run", "train", "evaluate", "cost", "table", "curves", "publish"])
     parser.add_argument("--dataset", default="fashion_mnist", choices=sorted(SETTINGS))
     parser.add_argument("--recipes", nargs="+", default=[REFERENCE], choices=list(RECIPES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--epochs", type=int, default=None, help="default: 15")
     parser.add_argument("--train-size", type=int, default=None,
                         help="default: all training images but the validation ones (CIFAR-10: 20,000)")
-    parser.add_argument("--test-points", type=int, default=TEST_POINTS)
+    parser.add_argument("--test-points", type=int, default=None, help="default: 1,000 (digits: 100)")
     parser.add_argument("--eval-batch-size", type=int, default=250)
     parser.add_argument("--rounds", type=int, default=20, help="cost: interleaved rounds")
     parser.add_argument("--budget", choices=["autoattack", "screen"], default="autoattack",
@@ -391,11 +414,13 @@ def main(argv=None):
                              "alone, for screening runs only (not AutoAttack)")
     parser.add_argument("--no-eval", action="store_true", help="run: train only")
     parser.add_argument("--runs", default="runs/recipes")
+    parser.add_argument("--to", default="benchmarks/results/recipes", help="publish: where the copies go")
     parser.add_argument("--verbose", type=int, default=1)
     args = parser.parse_args(argv)
     args.epochs = args.epochs or SETTINGS[args.dataset]["epochs"]
+    args.test_points = args.test_points or SETTINGS[args.dataset]["test_points"]
     {"run": cmd_run, "train": cmd_train, "evaluate": cmd_evaluate, "cost": cmd_cost, "table": cmd_table,
-     "curves": cmd_curves}[args.command](args)
+     "curves": cmd_curves, "publish": cmd_publish}[args.command](args)
 
 
 if __name__ == "__main__":
