@@ -89,3 +89,32 @@ def test_publish_without_runs_copies_nothing(tmp_path, capsys):
                "--to", str(tmp_path / "to"))
     assert "copied 0 files" in out
     assert not (tmp_path / "to").exists()
+
+
+def test_a_cosine_recipe_decays_over_the_whole_run_and_resumes_on_its_curve(tmp_path, capsys, monkeypatch):
+    import keras
+    common = ["--dataset", "digits", "--recipes", "pgd_cosine", "--seeds", "0", "--runs", str(tmp_path),
+              "--train-size", "256", "--epochs", "2", "--verbose", "0"]  # 2 epochs of 2 steps
+    directory = tmp_path / "digits" / "pgd_cosine" / "seed0"
+
+    # Killed after the first epoch was saved, before its held-out check.
+    def killed(*args):
+        raise KeyboardInterrupt
+    with monkeypatch.context() as patch:
+        patch.setattr(bench, "held_out_epoch", killed)
+        with pytest.raises(KeyboardInterrupt):
+            _run(capsys, "train", *common)
+    progress = json.loads((directory / "progress.json").read_text())
+    assert progress["epochs_done"] == 1 and progress["held_out"] == []
+    assert progress["optimizer"] == "Adam(cosine decay from 0.001 to 0 over 4 steps)"
+    optimizer = keras.models.load_model(directory / "model.keras").optimizer
+    assert int(optimizer.iterations) == 2
+    assert float(optimizer.learning_rate) == pytest.approx(5e-4, rel=1e-5)  # halfway down the cosine
+
+    _run(capsys, "train", *common)
+    progress = json.loads((directory / "progress.json").read_text())
+    assert progress["epochs_done"] == 2 and len(progress["held_out"]) == 2  # the missed check ran
+    optimizer = keras.models.load_model(directory / "model.keras").optimizer
+    assert int(optimizer.iterations) == 4
+    assert float(optimizer.learning_rate) == pytest.approx(0.0, abs=1e-9)
+    assert bench.learning_rate("pgd", 4) == bench.LEARNING_RATE
