@@ -28,6 +28,7 @@ def test_epochs_scale_multiplies_the_data_sets_epochs():
     assert bench.recipe_epochs(args, "pgd") == 15
     assert bench.recipe_epochs(args, "pgd3_ema_long") == 27
     assert bench.recipe_epochs(args, "n_fgsm_ema_long") == 51
+    assert bench.recipe_epochs(args, "pgd5_ema_long") == 21
 
 
 def test_balanced_subset_keeps_the_first_points_of_each_class_in_file_order():
