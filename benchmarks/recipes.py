@@ -429,7 +429,7 @@ def main(argv=None):
     parser.add_argument("--dataset", default="fashion_mnist", choices=sorted(SETTINGS))
     parser.add_argument("--recipes", nargs="+", default=[REFERENCE], choices=list(RECIPES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--epochs", type=int, default=None, help="default: 15")
+    parser.add_argument("--epochs", type=int, default=None, help="default: 15 (digits: 2)")
     parser.add_argument("--train-size", type=int, default=None,
                         help="default: all training images but the validation ones (CIFAR-10: 20,000)")
     parser.add_argument("--test-points", type=int, default=None, help="default: 1,000 (digits: 100)")
