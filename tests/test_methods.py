@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from gfa_keras import PGD, GradientFeatureAlignment, HardenedModel, InputGradientNorm, PenaltyWarmup, harden
-from gfa_keras.training.methods import METHODS
+from gfa_keras.training.methods import METHODS, RECOMMENDED_DEFAULTS
 
 from conftest import random_linear_model as linear_model
 
@@ -308,11 +308,17 @@ def test_the_registry_describes_every_method_and_harden_follows_it():
                                                               "fgsm_rs", "n_fgsm", "n_fgsm_gradalign", "n_fgsm_gfa"}
     assert DEFAULT_PENALTY_WEIGHTS == {"gfa": 0.01, "trades": 6.0, "datagrad": 0.01, "hybrid": 0.1, "gfa_pgd": 0.01,
                                        "n_fgsm_gradalign": 0.2, "n_fgsm_gfa": 0.01}
+    # "recommended" is PGD-7 training until a recipe beats it on two seeds (PGD-3 + AWP + EMA,
+    # its former definition, overfit catastrophically on one of two).
     recommended = harden(linear_model(), method="recommended", eps=EPS)
-    assert recommended.weight_perturbation.gamma == 5e-3 and recommended.ema_momentum == 0.999
-    assert recommended.perturbation.steps == 3
-    assert recommended.perturbation.step_size == pytest.approx(2.5 * EPS / 3)
-    assert harden(linear_model(), method="recommended", eps=EPS, steps=7).perturbation.steps == 7
+    assert recommended.weight_perturbation is None and recommended.ema_momentum is None
+    assert recommended.perturbation.steps == 7 and recommended.perturbation.random_start
+    assert recommended.perturbation.step_size == pytest.approx(2.5 * EPS / 7)
+    assert RECOMMENDED_DEFAULTS == {"perturbation": "PGD, 7 steps of 2.5 eps / 7, random start",
+                                    "awp_gamma": None, "ema_momentum": None}
+    custom = harden(linear_model(), method="recommended", eps=EPS, steps=5, awp_gamma=5e-3, ema_momentum=0.99)
+    assert custom.perturbation.steps == 5 and custom.weight_perturbation.gamma == 5e-3
+    assert custom.ema_momentum == 0.99
     with pytest.raises(ValueError, match=r"Unknown method\. Expected one of \[.*'recommended'\]\. Received: method='pdg'"):
         get_method("pdg")
     with pytest.raises(ValueError, match=r"already registered\. Pass overwrite=True.*Received: name='pgd'"):

@@ -101,7 +101,7 @@ METHODS = {
     "fgsm_gradalign": (lambda base: HardenedModel(base, perturbation=FGSM(EPS),
                                                   regularizers=[GradAlign(weight=0.2, eps=EPS)]),
                        fgsm_reference),
-    # The recommended recipe's parts: AWP's extra ascent pass (at its default gamma) and the weight average.
+    # AWP's extra ascent pass (at its default gamma) and the weight average.
     "pgd_awp_ema": (lambda base: HardenedModel(base, perturbation=PGD(EPS, steps=2, random_start=False),
                                                weight_perturbation=RecordingAWP(), ema_momentum=0.999),
                     pgd_reference),
