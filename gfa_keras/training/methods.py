@@ -214,8 +214,6 @@ RECOMMENDED_DEFAULTS = {"perturbation": "PGD, 7 steps of 2.5 eps / 7, random sta
                         "ema_momentum": METHODS["recommended"].ema_momentum}
 
 
-
-
 def harden(model, layers=3, penalty_weight: float | None = None, *, method: str = "gfa",
            eps: float | None = None, step_size: float | None = None, steps: int | None = None,
            norm: str = "linf", p: int = 2, clip_min: float = 0.0, clip_max: float = 1.0,
