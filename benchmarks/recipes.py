@@ -347,6 +347,17 @@ def _reference(root):
             statistics.median(r["epochs_done"] for r in runs))
 
 
+def collapse_epoch(held_out, min_drop=0.2):
+    """The first epoch whose held-out APGD-CE accuracy fell at least `min_drop` below the best
+    before it (the CatastrophicOverfittingMonitor's `robust_collapse` rule), or None."""
+    best = None
+    for epoch, accuracy in enumerate(held_out, start=1):
+        if best is not None and accuracy <= best - min_drop:
+            return epoch
+        best = accuracy if best is None else max(best, accuracy)
+    return None
+
+
 def _training_time(step_ratio, epochs, reference_epochs):
     """Training time in units of the reference's: the interleaved step ratio x epochs / its epochs."""
     return step_ratio * epochs / reference_epochs if step_ratio is not None and reference_epochs else None
@@ -356,14 +367,17 @@ def cmd_table(args):
     root = Path(args.runs) / args.dataset
     cost = read_json(root / "cost.json", {})
     reference_epoch, reference_epochs = _reference(root)
+    reference_epochs = reference_epochs or args.epochs  # no PGD-7 run yet: its planned epochs
     head = ("| recipe | seed | epochs | passes/step | step time / PGD-7 (interleaved) | epoch time / PGD-7 | "
             "training time / PGD-7's (interleaved step ratio x epochs) | "
-            "clean | worst case | + apgd_ce | + apgd_t | + fab_t | + square | flags | held-out APGD-CE-10 |")
+            "clean | worst case | + apgd_ce | + apgd_t | + fab_t | + square | flags | held-out APGD-CE-10 | "
+            "held-out collapse |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for directory, progress in _runs(root):
         recipe, seed = progress["recipe"], progress["seed"]
         epoch = statistics.median(progress["epoch_seconds"])
         step_ratio = cost.get("ratio_to_pgd", {}).get(recipe)
+        collapsed = collapse_epoch([h["apgd_ce"] for h in progress["held_out"]])
         suffix = "" if args.budget == "autoattack" else "_screen"
         for which, label in (("last", recipe), ("best", recipe + "+es")):
             report = RobustnessReport.from_json(directory / f"eval_{which}{suffix}.json") \
@@ -388,6 +402,7 @@ def cmd_table(args):
                 _fmt(report.clean_accuracy if report else None),
                 _fmt(report.worst_case_accuracy[0] if report else None),
                 *(_fmt(c) for c in cascade), (fired or "none") if report else "-", _fmt(held),
+                "-" if collapsed is None else f"epoch {collapsed}",
             ]) + " |")
     print("\n".join(rows))
 
@@ -397,7 +412,7 @@ def cmd_curves(args):
     in PGD-7 training times (the interleaved step ratio x epochs / the reference's epochs)."""
     root = Path(args.runs) / args.dataset
     ratios = read_json(root / "cost.json", {}).get("ratio_to_pgd", {})
-    _, reference_epochs = _reference(root)
+    reference_epochs = _reference(root)[1] or args.epochs
     for _, progress in _runs(root):
         recipe, held = progress["recipe"], [h["apgd_ce"] for h in progress["held_out"]]
         if not held:
@@ -405,8 +420,10 @@ def cmd_curves(args):
         spent = _training_time(ratios.get(recipe), len(held), reference_epochs)
         spent = "-" if spent is None else f"{spent:.2f}x"
         best = max(range(len(held)), key=held.__getitem__)
+        collapsed = collapse_epoch(held)
         print(f"{recipe:<18} seed{progress['seed']} epochs {len(held):>2} (time {spent}) best "
-              f"{held[best]:.3f} at {best + 1}: " + " ".join(f"{a:.3f}" for a in held), flush=True)
+              f"{held[best]:.3f} at {best + 1}" + ("" if collapsed is None else f", collapsed at {collapsed}")
+              + ": " + " ".join(f"{a:.3f}" for a in held), flush=True)
 
 
 def cmd_publish(args):
