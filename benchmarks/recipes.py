@@ -99,9 +99,9 @@ RECIPES = {
     "n_fgsm_gradalign": dict(harden=dict(method="n_fgsm_gradalign"), passes="2 + 2 double-backprop"),
     "n_fgsm_gfa": dict(harden=dict(method="n_fgsm_gfa", layers=1), passes="2 + 1 double-backprop"),
     "n_fgsm_awp_ema": dict(harden=dict(method="n_fgsm", awp_gamma=5e-3, ema_momentum=0.999), passes="3"),
-    # whatever `harden(method="recommended")` is today (PGD-7; PGD-3 + AWP + EMA, until
-    # 2026-12-01, is the "pgd3_awp_ema" row)
-    "recommended": dict(harden=dict(method="recommended"), passes="8 (PGD-7)"),
+    # whatever `harden(method="recommended")` is today (PGD-5 + EMA, the "pgd5_ema_long" row at
+    # 15 epochs; PGD-3 + AWP + EMA, until 2026-12-01, is the "pgd3_awp_ema" row)
+    "recommended": dict(harden=dict(method="recommended"), passes="6 (PGD-5)"),
     # PGD-7's wall time spent on more epochs of a cheaper attack: after 15 epochs PGD-7 still
     # underfits its own training points (training accuracy 0.78-0.79 against 0.77 held out), so
     # epochs may buy more than attack steps. `epochs_scale` multiplies the data set's epochs;

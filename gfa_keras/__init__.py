@@ -3,7 +3,7 @@ robust they are.
 
 - `harden(model, layers=3)`: layer-wise Gradient-Feature Alignment (and, with
   `method=`, PGD adversarial training, TRADES, DataGrad, the hybrid, GFA + PGD, and
-  "recommended": the benchmark's best stable recipe, today PGD-7 training;
+  "recommended": the benchmark's best stable recipe, PGD-5 training with weight averaging;
   single-step training: FGSM with random start, N-FGSM, N-FGSM + GradAlign, N-FGSM + GFA).
 - `CatastrophicOverfittingMonitor`, `CollapseGuard`: callbacks that watch training fail.
 - `HardenedModel(base, perturbation=..., regularizers=[...])`: compose your own.

@@ -308,14 +308,14 @@ def test_the_registry_describes_every_method_and_harden_follows_it():
                                                               "fgsm_rs", "n_fgsm", "n_fgsm_gradalign", "n_fgsm_gfa"}
     assert DEFAULT_PENALTY_WEIGHTS == {"gfa": 0.01, "trades": 6.0, "datagrad": 0.01, "hybrid": 0.1, "gfa_pgd": 0.01,
                                        "n_fgsm_gradalign": 0.2, "n_fgsm_gfa": 0.01}
-    # "recommended" is PGD-7 training until a recipe beats it on two seeds (PGD-3 + AWP + EMA,
-    # its former definition, overfit catastrophically on one of two).
+    # "recommended" is PGD-5 + EMA (PGD-3 + AWP + EMA, its former definition, overfit
+    # catastrophically on one of two seeds).
     recommended = harden(linear_model(), method="recommended", eps=EPS)
-    assert recommended.weight_perturbation is None and recommended.ema_momentum is None
-    assert recommended.perturbation.steps == 7 and recommended.perturbation.random_start
-    assert recommended.perturbation.step_size == pytest.approx(2.5 * EPS / 7)
-    assert RECOMMENDED_DEFAULTS == {"perturbation": "PGD, 7 steps of 2.5 eps / 7, random start",
-                                    "awp_gamma": None, "ema_momentum": None}
+    assert recommended.weight_perturbation is None and recommended.ema_momentum == 0.999
+    assert recommended.perturbation.steps == 5 and recommended.perturbation.random_start
+    assert recommended.perturbation.step_size == pytest.approx(2.5 * EPS / 5)
+    assert RECOMMENDED_DEFAULTS == {"perturbation": "PGD, 5 steps of 2.5 eps / 5, random start",
+                                    "awp_gamma": None, "ema_momentum": 0.999}
     custom = harden(linear_model(), method="recommended", eps=EPS, steps=5, awp_gamma=5e-3, ema_momentum=0.99)
     assert custom.perturbation.steps == 5 and custom.weight_perturbation.gamma == 5e-3
     assert custom.ema_momentum == 0.99
