@@ -149,17 +149,18 @@ def learning_rate(recipe, total_steps):
     return LEARNING_RATE
 
 
-def optimizer_description(recipe, total_steps):
-    if RECIPES[recipe].get("learning_rate") == "cosine":
-        return f"Adam(cosine decay from {LEARNING_RATE} to 0 over {total_steps} steps)"
-    return f"Adam({LEARNING_RATE})"
+def optimizer_description(rate):
+    """How progress.json records `learning_rate`'s result."""
+    if isinstance(rate, keras.optimizers.schedules.CosineDecay):
+        return f"Adam(cosine decay from {rate.initial_learning_rate} to 0 over {rate.decay_steps} steps)"
+    return f"Adam({rate})"
 
 
-def make_model(recipe, dataset, input_shape, num_classes, seed, total_steps):
+def make_model(recipe, dataset, input_shape, num_classes, seed, rate):
     options = dict(RECIPES[recipe]["harden"], eps=SETTINGS[dataset]["eps"])
     base = build_architecture("small_cnn", input_shape, num_classes, seed=seed)
     model = harden(base, **options)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate(recipe, total_steps)),
+    model.compile(optimizer=keras.optimizers.Adam(rate),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     return model, options
 
@@ -209,11 +210,11 @@ def train(args, recipe, seed):
     if progress and progress["epochs_done"] > 0:
         model = keras.models.load_model(directory / "model.keras")
     else:
-        total_steps = epochs * -(-len(x) // BATCH_SIZE)
-        model, options = make_model(recipe, args.dataset, x.shape[1:], num_classes, seed, total_steps)
+        rate = learning_rate(recipe, total_steps=epochs * -(-len(x) // BATCH_SIZE))
+        model, options = make_model(recipe, args.dataset, x.shape[1:], num_classes, seed, rate)
         progress = dict(recipe=recipe, seed=seed, harden=options, passes=RECIPES[recipe]["passes"],
                         train_size=len(x), validation_size=len(x_val), batch_size=BATCH_SIZE,
-                        optimizer=optimizer_description(recipe, total_steps), epochs_done=0, epoch_seconds=[],
+                        optimizer=optimizer_description(rate), epochs_done=0, epoch_seconds=[],
                         epoch_finished_at=[], held_out_seconds=[], history=[], held_out=[],
                         best_epoch=None, command=" ".join(sys.argv))
     if len(progress["held_out"]) < progress["epochs_done"]:
@@ -301,7 +302,7 @@ def cmd_cost(args):
     """Median train-step seconds of every recipe, interleaved in one process, as ratios to PGD-7."""
     (x, y), _, _, num_classes = load_splits(args.dataset, 4 * BATCH_SIZE)
     recipes = [REFERENCE] + [r for r in args.recipes if r != REFERENCE]
-    models = {r: make_model(r, args.dataset, x.shape[1:], num_classes, 0, total_steps=10_000)[0]
+    models = {r: make_model(r, args.dataset, x.shape[1:], num_classes, 0, learning_rate(r, 10_000))[0]
               for r in recipes}
     batches = [(x[i:i + BATCH_SIZE], y[i:i + BATCH_SIZE]) for i in range(0, len(x), BATCH_SIZE)]
     for model in models.values():
@@ -338,11 +339,12 @@ def _runs(root):
             yield path.parent, progress
 
 
-def _reference(root):
-    """The PGD-7 reference's median epoch seconds and median epochs over its seeds, or (None, None)."""
+def _reference(root, planned_epochs):
+    """The PGD-7 reference's median epoch seconds and median epochs over its seeds; with no
+    reference run yet, (None, `planned_epochs`)."""
     runs = [progress for _, progress in _runs(root) if progress["recipe"] == REFERENCE]
     if not runs:
-        return None, None
+        return None, planned_epochs
     return (statistics.median(statistics.median(r["epoch_seconds"]) for r in runs),
             statistics.median(r["epochs_done"] for r in runs))
 
@@ -366,8 +368,7 @@ def _training_time(step_ratio, epochs, reference_epochs):
 def cmd_table(args):
     root = Path(args.runs) / args.dataset
     cost = read_json(root / "cost.json", {})
-    reference_epoch, reference_epochs = _reference(root)
-    reference_epochs = reference_epochs or args.epochs  # no PGD-7 run yet: its planned epochs
+    reference_epoch, reference_epochs = _reference(root, args.epochs)
     head = ("| recipe | seed | epochs | passes/step | step time / PGD-7 (interleaved) | epoch time / PGD-7 | "
             "training time / PGD-7's (interleaved step ratio x epochs) | "
             "clean | worst case | + apgd_ce | + apgd_t | + fab_t | + square | flags | held-out APGD-CE-10 | "
@@ -412,7 +413,7 @@ def cmd_curves(args):
     in PGD-7 training times (the interleaved step ratio x epochs / the reference's epochs)."""
     root = Path(args.runs) / args.dataset
     ratios = read_json(root / "cost.json", {}).get("ratio_to_pgd", {})
-    reference_epochs = _reference(root)[1] or args.epochs
+    _, reference_epochs = _reference(root, args.epochs)
     for _, progress in _runs(root):
         recipe, held = progress["recipe"], [h["apgd_ce"] for h in progress["held_out"]]
         if not held:

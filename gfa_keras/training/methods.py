@@ -137,8 +137,8 @@ def _steps(options, default):
     return default if options.steps is None else options.steps
 
 
-def _pgd(options):
-    return PGD(options.eps, step_size=options.step_size, steps=_steps(options, 7), **options.ball)
+def _pgd(options, default_steps=7):
+    return PGD(options.eps, step_size=options.step_size, steps=_steps(options, default_steps), **options.ball)
 
 
 def _fgsm_rs(options):
@@ -202,8 +202,7 @@ for _spec in (
     MethodSpec("standard", _wrapper(), None, False, (), description="plain training, for comparison"),
     # What benchmarks/recipes.py measures as the best recipe that is stable on every seed
     # (docs/RESULTS.md, "Training recipes"); a recipe replaces it only after beating it on two.
-    MethodSpec("recommended", _wrapper(lambda o: PGD(o.eps, step_size=o.step_size, steps=_steps(o, 5), **o.ball)),
-               None, True, (),
+    MethodSpec("recommended", _wrapper(lambda o: _pgd(o, default_steps=5)), None, True, (),
                description="the benchmark's best stable recipe at PGD-7's cost: PGD-5 training with weight "
                            "averaging (EMA 0.999), for 1.4x PGD-7's epochs",
                ema_momentum=0.999),
