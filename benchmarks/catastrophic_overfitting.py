@@ -99,11 +99,13 @@ def result_name(method, eps, weight, seed):
 def build_model(base, method, eps, weight):
     """Zero-init FGSM at step 1.25 eps (the classic catastrophic overfitter), alone or with a
     penalty; any other name is a `harden` method."""
-    if method == "fgsm" or method in FGSM_PENALTIES:
-        regularizers = [FGSM_PENALTIES[method][1](weight, eps)] if method in FGSM_PENALTIES else []
-        return HardenedModel(base, perturbation=FGSM(eps, step_size=1.25 * eps), regularizers=regularizers,
-                             name=method)
-    return harden(base, method=method, eps=eps, layers=1, penalty_weight=weight)
+    if method in FGSM_PENALTIES:
+        regularizers = [FGSM_PENALTIES[method][1](weight, eps)]
+    elif method == "fgsm":
+        regularizers = []
+    else:
+        return harden(base, method=method, eps=eps, layers=1, penalty_weight=weight)
+    return HardenedModel(base, perturbation=FGSM(eps, step_size=1.25 * eps), regularizers=regularizers, name=method)
 
 
 def replay(paths, eps):
