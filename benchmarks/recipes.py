@@ -117,6 +117,9 @@ RECIPES = {
     "pgd_cosine": dict(harden=dict(method="pgd", steps=7), passes="8", learning_rate="cosine"),
     "pgd3_ema_long_cosine": dict(harden=dict(method="pgd", steps=3, ema_momentum=0.999), passes="4",
                                  epochs_scale=1.8, learning_rate="cosine"),
+    # The recommended recipe with the decay (added after the screening, for full-length runs only).
+    "pgd5_ema_long_cosine": dict(harden=dict(method="pgd", steps=5, ema_momentum=0.999), passes="6",
+                                 epochs_scale=1.4, learning_rate="cosine"),
 }
 REFERENCE = "pgd"
 

@@ -29,6 +29,16 @@ def test_epochs_scale_multiplies_the_data_sets_epochs():
     assert bench.recipe_epochs(args, "pgd3_ema_long") == 27
     assert bench.recipe_epochs(args, "n_fgsm_ema_long") == 51
     assert bench.recipe_epochs(args, "pgd5_ema_long") == 21
+    assert bench.recipe_epochs(args, "pgd5_ema_long_cosine") == 21
+
+
+@pytest.mark.parametrize("recipe", [name for name in bench.RECIPES if name.endswith("_cosine")])
+def test_a_cosine_recipe_is_its_base_recipe_with_the_decay_only(recipe):
+    # the schedule's gain is read off a paired comparison, so nothing else may differ
+    base = bench.RECIPES[recipe.removesuffix("_cosine")]
+    cosine = dict(bench.RECIPES[recipe])
+    assert cosine.pop("learning_rate") == "cosine"
+    assert cosine == base
 
 
 def test_balanced_subset_keeps_the_first_points_of_each_class_in_file_order():
