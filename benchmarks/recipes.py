@@ -23,6 +23,7 @@ Commands (one per table; rerunning any of them resumes where it stopped):
     python benchmarks/recipes.py cost --dataset fashion_mnist
     python benchmarks/recipes.py table --dataset fashion_mnist
     python benchmarks/recipes.py curves --dataset fashion_mnist   # held-out accuracy per epoch
+    python benchmarks/recipes.py seeds --dataset fashion_mnist    # mean, spread, paired gain over seeds
     python benchmarks/recipes.py publish --dataset fashion_mnist  # JSON summaries into the repo
 
 The published summaries (benchmarks/results/recipes/<dataset>/, committed) are what docs/RESULTS.md's
@@ -407,6 +408,58 @@ def cmd_table(args):
     print("\n".join(rows))
 
 
+def seed_summary(results):
+    """Per recipe, over its seeds: `results` maps recipe -> seed -> (clean, worst case) of its
+    last epoch. The changes against the reference are paired, seed by seed (the same seed draws
+    the same initial weights and batches), and averaged only over the seeds both ran."""
+    reference = results.get(REFERENCE, {})
+    rows = []
+    for recipe, by_seed in results.items():
+        seeds = sorted(by_seed)
+        worst = [by_seed[s][1] for s in seeds]
+        paired = [s for s in seeds if s in reference]
+        gains = {s: by_seed[s][1] - reference[s][1] for s in paired}
+        clean_changes = [by_seed[s][0] - reference[s][0] for s in paired]
+        rows.append(dict(recipe=recipe, seeds=seeds, worst=worst, mean=statistics.mean(worst),
+                         spread=max(worst) - min(worst), clean=statistics.mean(by_seed[s][0] for s in seeds),
+                         gains=gains, mean_gain=statistics.mean(gains.values()) if paired else None,
+                         mean_clean_change=statistics.mean(clean_changes) if paired else None))
+    return rows
+
+
+def cmd_seeds(args):
+    """The last epochs' evaluations summarized over seeds, in points of accuracy. With
+    --budget autoattack, a report whose budget is not AutoAttack's standard version is left
+    out (and named), so a reduced budget never enters an "AutoAttack" mean."""
+    suffix = "" if args.budget == "autoattack" else "_screen"
+    results = {}
+    for directory, progress in _runs(Path(args.runs) / args.dataset):
+        path = directory / f"eval_last{suffix}.json"
+        if not path.exists():
+            continue
+        report = RobustnessReport.from_json(path)
+        if args.budget == "autoattack" and not report.standard:
+            print(f"left out: {path} ({report.budget_summary()})")
+            continue
+        results.setdefault(progress["recipe"], {})[progress["seed"]] = (report.clean_accuracy,
+                                                                        report.worst_case_accuracy[0])
+    measure = "AutoAttack worst case" if args.budget == "autoattack" else "APGD-CE-100 (screen)"
+
+    def points(value):
+        return "-" if value is None else f"{100 * value:+.1f}"
+    rows = [f"| recipe | seeds | {measure} per seed | mean | spread | clean, mean | "
+            f"gain over {REFERENCE} on the same seed | mean paired gain | mean paired clean change |",
+            "|" + "---|" * 9]
+    for row in seed_summary(results):
+        paired = " / ".join(f"{points(g)} (seed {s})" for s, g in row["gains"].items()) or "-"
+        against = ["reference"] * 3 if row["recipe"] == REFERENCE else \
+            [paired, points(row["mean_gain"]), points(row["mean_clean_change"])]
+        rows.append("| " + " | ".join([
+            row["recipe"], " / ".join(map(str, row["seeds"])), " / ".join(f"{100 * w:.1f}" for w in row["worst"]),
+            f"{100 * row['mean']:.1f}", f"{100 * row['spread']:.1f}", f"{100 * row['clean']:.1f}", *against]) + " |")
+    print("\n".join(rows))
+
+
 def cmd_curves(args):
     """Held-out APGD-CE-10 accuracy after every epoch of every run, and its training time so far
     in PGD-7 training times (the interleaved step ratio x epochs / the reference's epochs)."""
@@ -444,7 +497,7 @@ def cmd_publish(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["run", "train", "evaluate", "cost", "table", "curves", "publish"])
+    parser.add_argument("command", choices=["run", "train", "evaluate", "cost", "table", "curves", "seeds", "publish"])
     parser.add_argument("--dataset", default="fashion_mnist", choices=sorted(SETTINGS))
     parser.add_argument("--recipes", nargs="+", default=[REFERENCE], choices=list(RECIPES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
@@ -465,7 +518,7 @@ def main(argv=None):
     args.epochs = args.epochs or SETTINGS[args.dataset]["epochs"]
     args.test_points = args.test_points or SETTINGS[args.dataset]["test_points"]
     {"run": cmd_run, "train": cmd_train, "evaluate": cmd_evaluate, "cost": cmd_cost, "table": cmd_table,
-     "curves": cmd_curves, "publish": cmd_publish}[args.command](args)
+     "curves": cmd_curves, "seeds": cmd_seeds, "publish": cmd_publish}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -93,6 +93,9 @@ def test_train_resumes_evaluates_tabulates_and_publishes(tmp_path, capsys):
     row = next(line for line in table.splitlines() if line.startswith("| pgd | 0 |"))
     assert f"| {clean:.3f} | {robust:.3f} |" in row
     assert f"| {second['held_out'][1]['apgd_ce']:.3f} | - |" in row  # no held-out collapse
+    seeds = _run(capsys, "seeds", *common, "--budget", "screen")
+    assert "| APGD-CE-100 (screen) per seed |" in seeds
+    assert f"| pgd | 0 | {100 * robust:.1f} | {100 * robust:.1f} | 0.0 | {100 * clean:.1f} | reference |" in seeds
 
     _run(capsys, "publish", *common, "--to", str(published))
     copied = sorted(str(p.relative_to(published)) for p in published.rglob("*") if p.is_file())
@@ -139,3 +142,46 @@ def test_a_cosine_recipe_decays_over_the_whole_run_and_resumes_on_its_curve(tmp_
     assert int(optimizer.iterations) == 4
     assert float(optimizer.learning_rate) == pytest.approx(0.0, abs=1e-9)
     assert bench.learning_rate("pgd", 4) == bench.LEARNING_RATE
+
+
+def test_seed_summary_pairs_the_gain_seed_by_seed_and_only_over_shared_seeds():
+    # CIFAR-10's last epochs (docs/RESULTS.md), (clean, worst case); seed 3 has no reference run
+    results = {"pgd": {0: (0.504, 0.228), 1: (0.443, 0.200), 2: (0.459, 0.244)},
+               "pgd5_ema_long": {2: (0.518, 0.228), 0: (0.531, 0.225), 1: (0.505, 0.228), 3: (0.6, 0.5)}}
+    reference, recipe = bench.seed_summary(results)
+    assert reference["gains"] == {0: 0.0, 1: 0.0, 2: 0.0} and reference["spread"] == pytest.approx(0.044)
+    assert recipe["seeds"] == [0, 1, 2, 3] and recipe["worst"] == [0.225, 0.228, 0.228, 0.5]
+    assert recipe["mean"] == pytest.approx(1.181 / 4) and recipe["spread"] == pytest.approx(0.275)
+    assert list(recipe["gains"]) == [0, 1, 2]
+    assert recipe["gains"][1] == pytest.approx(0.028) and recipe["gains"][2] == pytest.approx(-0.016)
+    assert recipe["mean_gain"] == pytest.approx(0.003)
+    assert recipe["mean_clean_change"] == pytest.approx((0.027 + 0.062 + 0.059) / 3)
+    lone, = bench.seed_summary({"trades": {0: (0.5, 0.2)}})
+    assert lone["gains"] == {} and lone["mean_gain"] is None and lone["mean_clean_change"] is None
+
+
+def test_seeds_reads_the_published_reports_and_leaves_out_a_reduced_budget(tmp_path, capsys):
+    import shutil
+    published = ROOT / "benchmarks" / "results" / "recipes" / "cifar10_jpeg"
+    for recipe, seed in [("pgd", 0), ("pgd", 1), ("pgd5_ema_long", 0), ("pgd5_ema_long", 1)]:
+        shutil.copytree(published / recipe / f"seed{seed}", tmp_path / "cifar10_jpeg" / recipe / f"seed{seed}")
+    reduced = tmp_path / "cifar10_jpeg" / "pgd5_ema_long" / "seed1" / "eval_last.json"
+    report = json.loads(reduced.read_text())
+    report.update(standard=False, standard_reasons=["square: 1000 queries < 5000"])
+    reduced.write_text(json.dumps(report))
+
+    out = _run(capsys, "seeds", "--dataset", "cifar10_jpeg", "--runs", str(tmp_path))
+    assert f"left out: {reduced} (not the AutoAttack standard version (square: 1000 queries < 5000))" in out
+    last = {(r, s): json.loads((tmp_path / "cifar10_jpeg" / r / f"seed{s}" / "eval_last.json").read_text())
+            for r, s in [("pgd", 0), ("pgd", 1), ("pgd5_ema_long", 0)]}
+    worst = {key: r["worst_case_accuracy"][0] for key, r in last.items()}
+    reference_row = next(line for line in out.splitlines() if line.startswith("| pgd |"))
+    assert reference_row.startswith(f"| pgd | 0 / 1 | {100 * worst['pgd', 0]:.1f} / {100 * worst['pgd', 1]:.1f} |")
+    assert reference_row.endswith("| reference | reference | reference |")
+    row = next(line for line in out.splitlines() if line.startswith("| pgd5_ema_long |"))
+    gain = 100 * (worst["pgd5_ema_long", 0] - worst["pgd", 0])
+    clean = 100 * (last["pgd5_ema_long", 0]["clean_accuracy"] - last["pgd", 0]["clean_accuracy"])
+    assert row == (f"| pgd5_ema_long | 0 | {100 * worst['pgd5_ema_long', 0]:.1f} | "
+                   f"{100 * worst['pgd5_ema_long', 0]:.1f} | 0.0 | "
+                   f"{100 * last['pgd5_ema_long', 0]['clean_accuracy']:.1f} | {gain:+.1f} (seed 0) | {gain:+.1f} | "
+                   f"{clean:+.1f} |")
