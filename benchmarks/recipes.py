@@ -112,6 +112,9 @@ RECIPES = {
     # PGD-3 overfit catastrophically on one of two seeds with and without AWP (docs/RESULTS.md):
     # five smaller steps for 1.4x the epochs (interleaved step cost 0.60x PGD-7 on a quiet machine).
     "pgd5_ema_long": dict(harden=dict(method="pgd", steps=5, ema_momentum=0.999), passes="6", epochs_scale=1.4),
+    # Not a candidate (twice PGD-7's training time): how much more epochs buy at PGD-7's own
+    # strength, a yardstick for what a recipe at 1x the time can hope to gain by training longer.
+    "pgd_double": dict(harden=dict(method="pgd", steps=7), passes="8", epochs_scale=2.0),
 }
 # A learning rate decayed to 0 over the run (the "bag of tricks"' piecewise decay, smoothly), for
 # the reference itself and for the long PGD-3 and PGD-5 recipes (PGD-5's added after the screening):

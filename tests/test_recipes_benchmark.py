@@ -30,6 +30,8 @@ def test_epochs_scale_multiplies_the_data_sets_epochs():
     assert bench.recipe_epochs(args, "n_fgsm_ema_long") == 51
     assert bench.recipe_epochs(args, "pgd5_ema_long") == 21
     assert bench.recipe_epochs(args, "pgd5_ema_long_cosine") == 21
+    assert bench.recipe_epochs(args, "pgd_double") == 30
+    assert bench.RECIPES["pgd_double"]["harden"] == bench.RECIPES["pgd"]["harden"]
 
 
 @pytest.mark.parametrize("recipe", [name for name in bench.RECIPES if name.endswith("_cosine")])
