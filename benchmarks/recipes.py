@@ -363,9 +363,20 @@ def collapse_epoch(held_out, min_drop=0.2):
     return None
 
 
-def _training_time(step_ratio, epochs, reference_epochs):
+def step_ratio(cost, recipe):
+    """The recipe's interleaved step time over PGD-7's (the `cost` table), or None if not
+    measured. A training step costs what its `harden` options make it cost (epochs and the
+    learning rate change no step), so a recipe not measured itself takes the ratio of a measured
+    recipe with the same options: "pgd_double" PGD-7's 1.0, a "_cosine" recipe its base's."""
+    ratios = cost.get("ratio_to_pgd", {})
+    same_step = [ratios[name] for name in ratios
+                 if name in RECIPES and RECIPES[name]["harden"] == RECIPES[recipe]["harden"]]
+    return ratios.get(recipe, same_step[0] if same_step else None)
+
+
+def _training_time(ratio, epochs, reference_epochs):
     """Training time in units of the reference's: the interleaved step ratio x epochs / its epochs."""
-    return step_ratio * epochs / reference_epochs if step_ratio is not None and reference_epochs else None
+    return ratio * epochs / reference_epochs if ratio is not None and reference_epochs else None
 
 
 def cmd_table(args):
@@ -380,7 +391,7 @@ def cmd_table(args):
     for directory, progress in _runs(root):
         recipe, seed = progress["recipe"], progress["seed"]
         epoch = statistics.median(progress["epoch_seconds"])
-        step_ratio = cost.get("ratio_to_pgd", {}).get(recipe)
+        ratio = step_ratio(cost, recipe)
         collapsed = collapse_epoch([h["apgd_ce"] for h in progress["held_out"]])
         suffix = "" if args.budget == "autoattack" else "_screen"
         for which, label in (("last", recipe), ("best", recipe + "+es")):
@@ -400,9 +411,9 @@ def cmd_table(args):
             rows.append("| " + " | ".join([
                 label, str(seed), f"{epochs}" + ("" if which == "last" else f" of {progress['epochs_done']}"),
                 progress["passes"],
-                _fmt(step_ratio, 2),
+                _fmt(ratio, 2),
                 _fmt(epoch / reference_epoch if reference_epoch else None, 2),
-                _fmt(_training_time(step_ratio, progress["epochs_done"], reference_epochs), 2),
+                _fmt(_training_time(ratio, progress["epochs_done"], reference_epochs), 2),
                 _fmt(report.clean_accuracy if report else None),
                 _fmt(report.worst_case_accuracy[0] if report else None),
                 *(_fmt(c) for c in cascade), (fired or "none") if report else "-", _fmt(held),
@@ -467,13 +478,13 @@ def cmd_curves(args):
     """Held-out APGD-CE-10 accuracy after every epoch of every run, and its training time so far
     in PGD-7 training times (the interleaved step ratio x epochs / the reference's epochs)."""
     root = Path(args.runs) / args.dataset
-    ratios = read_json(root / "cost.json", {}).get("ratio_to_pgd", {})
+    cost = read_json(root / "cost.json", {})
     _, reference_epochs = _reference(root, args.epochs)
     for _, progress in _runs(root):
         recipe, held = progress["recipe"], [h["apgd_ce"] for h in progress["held_out"]]
         if not held:
             continue
-        spent = _training_time(ratios.get(recipe), len(held), reference_epochs)
+        spent = _training_time(step_ratio(cost, recipe), len(held), reference_epochs)
         spent = "-" if spent is None else f"{spent:.2f}x"
         best = max(range(len(held)), key=held.__getitem__)
         collapsed = collapse_epoch(held)

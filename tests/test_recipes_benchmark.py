@@ -187,3 +187,14 @@ def test_seeds_reads_the_published_reports_and_leaves_out_a_reduced_budget(tmp_p
                    f"{100 * worst['pgd5_ema_long', 0]:.1f} | 0.0 | "
                    f"{100 * last['pgd5_ema_long', 0]['clean_accuracy']:.1f} | {gain:+.1f} (seed 0) | {gain:+.1f} | "
                    f"{clean:+.1f} |")
+
+
+def test_step_ratio_is_measured_or_borrowed_from_a_recipe_with_the_same_training_step():
+    cost = {"ratio_to_pgd": {"pgd": 1.0, "pgd5_ema_long": 0.59, "trades": 1.54}}
+    assert bench.step_ratio(cost, "pgd5_ema_long") == 0.59
+    assert bench.step_ratio(cost, "pgd_double") == 1.0  # PGD-7's step, for twice the epochs
+    assert bench.step_ratio(cost, "pgd_cosine") == 1.0  # a learning rate changes no step's cost
+    assert bench.step_ratio(cost, "pgd5_ema_long_cosine") == 0.59
+    assert bench.step_ratio(cost, "pgd_ema") is None  # EMA is another step: measured or nothing
+    assert bench.step_ratio({}, "pgd_double") is None
+    assert bench._training_time(bench.step_ratio(cost, "pgd_double"), 30, 15) == 2.0
