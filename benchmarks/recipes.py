@@ -369,8 +369,9 @@ def step_ratio(cost, recipe):
     learning rate change no step), so a recipe not measured itself takes the ratio of a measured
     recipe with the same options: "pgd_double" PGD-7's 1.0, a "_cosine" recipe its base's."""
     ratios = cost.get("ratio_to_pgd", {})
+    options = RECIPES.get(recipe, {}).get("harden")  # None for a run of a recipe since removed
     same_step = [ratios[name] for name in ratios
-                 if name in RECIPES and RECIPES[name]["harden"] == RECIPES[recipe]["harden"]]
+                 if options is not None and name in RECIPES and RECIPES[name]["harden"] == options]
     return ratios.get(recipe, same_step[0] if same_step else None)
 
 

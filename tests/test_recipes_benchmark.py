@@ -197,4 +197,5 @@ def test_step_ratio_is_measured_or_borrowed_from_a_recipe_with_the_same_training
     assert bench.step_ratio(cost, "pgd5_ema_long_cosine") == 0.59
     assert bench.step_ratio(cost, "pgd_ema") is None  # EMA is another step: measured or nothing
     assert bench.step_ratio({}, "pgd_double") is None
+    assert bench.step_ratio(cost, "a_recipe_since_removed") is None
     assert bench._training_time(bench.step_ratio(cost, "pgd_double"), 30, 15) == 2.0
