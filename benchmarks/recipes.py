@@ -174,6 +174,12 @@ def run_dir(runs, dataset, recipe, seed) -> Path:
     return path
 
 
+def report_stem(which, budget):
+    """The file name, without suffix, of the "last" or "best" epoch's evaluation at `budget`:
+    eval_last, eval_best, or eval_last_screen / eval_best_screen for the screening budget."""
+    return f"eval_{which}" + ("" if budget == "autoattack" else "_screen")
+
+
 def read_json(path: Path, default=None):
     return json.loads(path.read_text()) if path.exists() else default
 
@@ -245,8 +251,8 @@ def evaluate(args, recipe, seed, which):
     """The full AutoAttack cascade on the test points for the last ("last") or best
     held-out ("best") epoch's model; resumes per batch."""
     directory = run_dir(args.runs, args.dataset, recipe, seed)
-    suffix = "" if args.budget == "autoattack" else "_screen"
-    out = directory / f"eval_{which}{suffix}.json"
+    stem = report_stem(which, args.budget)
+    out = directory / f"{stem}.json"
     progress = read_json(directory / "progress.json")
     epoch = progress["epochs_done"] if which == "last" else progress["best_epoch"]
     if out.exists():
@@ -257,7 +263,7 @@ def evaluate(args, recipe, seed, which):
     x, y = balanced_subset(x, y, args.test_points, num_classes)
     model = keras.models.load_model(directory / ("model.keras" if which == "last" else "best.keras"))
     start = time.perf_counter()
-    state = directory / f"eval_{which}{suffix}_epoch{epoch}.state.json"
+    state = directory / f"{stem}_epoch{epoch}.state.json"
     if args.budget == "autoattack":
         attacks, steps, checks = "autoattack", dict(AUTOATTACK_STEPS), True
     else:  # a screening: APGD-CE alone, NOT AutoAttack
@@ -332,6 +338,11 @@ def _fmt(value, digits=3):
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _points(change):
+    """A change of accuracy in signed points: 0.006 -> "+0.6"."""
+    return "-" if change is None else f"{100 * change:+.1f}"
+
+
 def _runs(root):
     """(directory, progress) of every run with a finished epoch, in `RECIPES` order, then by seed."""
     order = {name: i for i, name in enumerate(RECIPES)}
@@ -370,9 +381,9 @@ def step_ratio(cost, recipe):
     recipe with the same options: "pgd_double" PGD-7's 1.0, a "_cosine" recipe its base's."""
     ratios = cost.get("ratio_to_pgd", {})
     options = RECIPES.get(recipe, {}).get("harden")  # None for a run of a recipe since removed
-    same_step = [ratios[name] for name in ratios
-                 if options is not None and name in RECIPES and RECIPES[name]["harden"] == options]
-    return ratios.get(recipe, same_step[0] if same_step else None)
+    if recipe in ratios or options is None:
+        return ratios.get(recipe)
+    return next((ratio for name, ratio in ratios.items() if RECIPES.get(name, {}).get("harden") == options), None)
 
 
 def _training_time(ratio, epochs, reference_epochs):
@@ -394,14 +405,11 @@ def cmd_table(args):
         epoch = statistics.median(progress["epoch_seconds"])
         ratio = step_ratio(cost, recipe)
         collapsed = collapse_epoch([h["apgd_ce"] for h in progress["held_out"]])
-        suffix = "" if args.budget == "autoattack" else "_screen"
         for which, label in (("last", recipe), ("best", recipe + "+es")):
-            report = RobustnessReport.from_json(directory / f"eval_{which}{suffix}.json") \
-                if (directory / f"eval_{which}{suffix}.json").exists() else None
-            if which == "best" and report is None and progress["best_epoch"] != progress["epochs_done"]:
-                continue
+            path = directory / f"{report_stem(which, args.budget)}.json"
+            report = RobustnessReport.from_json(path) if path.exists() else None
             if which == "best" and report is None:
-                continue  # the best epoch is the last: same row
+                continue  # not evaluated, or the best epoch is the last: the same row
             epochs = progress["epochs_done"] if which == "last" else progress["best_epoch"]
             # None while a training process is between saving an epoch and its held-out check
             held = progress["held_out"][epochs - 1]["apgd_ce"] if len(progress["held_out"]) >= epochs else None
@@ -446,10 +454,9 @@ def cmd_seeds(args):
     """The last epochs' evaluations summarized over seeds, in points of accuracy. With
     --budget autoattack, a report whose budget is not AutoAttack's standard version is left
     out (and named), so a reduced budget never enters an "AutoAttack" mean."""
-    suffix = "" if args.budget == "autoattack" else "_screen"
     results = {}
     for directory, progress in _runs(Path(args.runs) / args.dataset):
-        path = directory / f"eval_last{suffix}.json"
+        path = directory / f"{report_stem('last', args.budget)}.json"
         if not path.exists():
             continue
         report = RobustnessReport.from_json(path)
@@ -459,16 +466,13 @@ def cmd_seeds(args):
         results.setdefault(progress["recipe"], {})[progress["seed"]] = (report.clean_accuracy,
                                                                         report.worst_case_accuracy[0])
     measure = "AutoAttack worst case" if args.budget == "autoattack" else "APGD-CE-100 (screen)"
-
-    def points(value):
-        return "-" if value is None else f"{100 * value:+.1f}"
     rows = [f"| recipe | seeds | {measure} per seed | mean | spread | clean, mean | "
             f"gain over {REFERENCE} on the same seed | mean paired gain | mean paired clean change |",
             "|" + "---|" * 9]
     for row in seed_summary(results):
-        paired = " / ".join(f"{points(g)} (seed {s})" for s, g in row["gains"].items()) or "-"
+        paired = " / ".join(f"{_points(g)} (seed {s})" for s, g in row["gains"].items()) or "-"
         against = ["reference"] * 3 if row["recipe"] == REFERENCE else \
-            [paired, points(row["mean_gain"]), points(row["mean_clean_change"])]
+            [paired, _points(row["mean_gain"]), _points(row["mean_clean_change"])]
         rows.append("| " + " | ".join([
             row["recipe"], " / ".join(map(str, row["seeds"])), " / ".join(f"{100 * w:.1f}" for w in row["worst"]),
             f"{100 * row['mean']:.1f}", f"{100 * row['spread']:.1f}", f"{100 * row['clean']:.1f}", *against]) + " |")
@@ -510,9 +514,13 @@ def cmd_publish(args):
     print(f"copied {copied} files from {source} to {target}", flush=True)
 
 
+COMMANDS = {"run": cmd_run, "train": cmd_train, "evaluate": cmd_evaluate, "cost": cmd_cost, "table": cmd_table,
+            "curves": cmd_curves, "seeds": cmd_seeds, "publish": cmd_publish}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["run", "train", "evaluate", "cost", "table", "curves", "seeds", "publish"])
+    parser.add_argument("command", choices=list(COMMANDS))
     parser.add_argument("--dataset", default="fashion_mnist", choices=sorted(SETTINGS))
     parser.add_argument("--recipes", nargs="+", default=[REFERENCE], choices=list(RECIPES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
@@ -532,8 +540,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     args.epochs = args.epochs or SETTINGS[args.dataset]["epochs"]
     args.test_points = args.test_points or SETTINGS[args.dataset]["test_points"]
-    {"run": cmd_run, "train": cmd_train, "evaluate": cmd_evaluate, "cost": cmd_cost, "table": cmd_table,
-     "curves": cmd_curves, "seeds": cmd_seeds, "publish": cmd_publish}[args.command](args)
+    COMMANDS[args.command](args)
 
 
 if __name__ == "__main__":
