@@ -28,6 +28,7 @@ def test_epochs_scale_multiplies_the_data_sets_epochs():
     assert bench.recipe_epochs(args, "pgd") == 15
     assert bench.recipe_epochs(args, "pgd3_ema_long") == 27
     assert bench.recipe_epochs(args, "n_fgsm_ema_long") == 51
+    assert bench.recipe_epochs(args, "pgd5_ema_equal") == 18
     assert bench.recipe_epochs(args, "pgd5_ema_long") == 21
     assert bench.recipe_epochs(args, "pgd5_ema_long_cosine") == 21
     assert bench.recipe_epochs(args, "pgd_double") == 30
@@ -199,3 +200,41 @@ def test_step_ratio_is_measured_or_borrowed_from_a_recipe_with_the_same_training
     assert bench.step_ratio({}, "pgd_double") is None
     assert bench.step_ratio(cost, "a_recipe_since_removed") is None
     assert bench._training_time(bench.step_ratio(cost, "pgd_double"), 30, 15) == 2.0
+
+
+def _progress(start, seconds):
+    """A progress.json's timing of epochs run back to back from `start` ("HH:MM:SS" on one day)."""
+    t = bench.time.mktime(bench.time.strptime("2026-12-01 " + start, "%Y-%m-%d %H:%M:%S"))
+    finished = []
+    for s in seconds:
+        t += s
+        finished.append(bench.time.strftime("%Y-%m-%d %H:%M:%S", bench.time.localtime(t)))
+    return {"epoch_seconds": list(seconds), "epoch_finished_at": finished}
+
+
+def test_side_by_side_ratio_counts_only_the_epochs_run_while_the_other_trained():
+    # The reference's first epoch (200 s, 10:00:00-10:03:20) began before the run did; the run's
+    # last two (30 s, after 10:10:00) ran after the reference had finished: neither counts.
+    reference = _progress("10:00:00", [200, 100, 100, 100, 100])       # 10:00:00-10:10:00
+    run = _progress("10:01:00", [120] * 4 + [30] * 4)                  # 10:01:00-10:11:00
+    assert bench.side_by_side_ratio(run, reference) == pytest.approx(1.2)  # all epochs: 75 / 100
+    assert bench.side_by_side_ratio(reference, run) == pytest.approx(1 / 1.2)
+    later = _progress("11:00:00", [80] * 5)                            # never beside the reference
+    assert bench.side_by_side_ratio(later, reference) is None
+    barely = _progress("10:08:00", [50, 50, 50])                       # two epochs inside, fewer than 3
+    assert bench.side_by_side_ratio(barely, reference) is None
+    assert bench.side_by_side_ratio(barely, reference, min_epochs=1) == pytest.approx(0.5)
+
+
+def test_cost_sums_interleaved_fits_and_its_ratios_feed_the_table(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    out = _run(capsys, "cost", "--dataset", "digits", "--recipes", "pgd", "fgsm_rs", "--rounds", "2",
+               "--batches", "2", "--runs", str(runs), "--verbose", "0")
+    cost = json.loads((runs / "digits" / "cost.json").read_text())
+    assert cost["rounds"] == 2 and cost["batches_per_round"] == 2
+    assert set(cost["ratio_to_pgd"]) == set(cost["cpu_ratio_to_pgd"]) == {"pgd", "fgsm_rs"}
+    assert cost["ratio_to_pgd"]["pgd"] == cost["cpu_ratio_to_pgd"]["pgd"] == 1.0
+    per_step = cost["seconds_per_step"]
+    assert cost["ratio_to_pgd"]["fgsm_rs"] == pytest.approx(per_step["fgsm_rs"] / per_step["pgd"])
+    assert f"{cost['ratio_to_pgd']['fgsm_rs']:6.2f}x PGD-7" in out
+    assert bench.step_ratio(cost, "fgsm_rs") == cost["ratio_to_pgd"]["fgsm_rs"]
