@@ -341,52 +341,70 @@ class _StepClock(keras.callbacks.Callback):
 
 
 def cmd_cost_worker(args):
-    """One recipe's side of `cost`: trace, say so, wait for the common start, train through the
-    common window, write what the clock counted."""
+    """One recipe's side of `cost`: trace, say so, then for each round wait for its turn, train
+    through the window it is given, and add what the clock counted to its result file."""
     (x, y), _, _, num_classes = load_splits(args.dataset, args.batches * BATCH_SIZE)
     recipe, out = args.recipes[0], Path(args.to)
     model = make_model(recipe, args.dataset, x.shape[1:], num_classes, 0, learning_rate(recipe, 10_000))[0]
     model.fit(x[:2 * BATCH_SIZE], y[:2 * BATCH_SIZE], batch_size=BATCH_SIZE, epochs=1, verbose=0)
     out.with_suffix(".ready").touch()
-    go = out.with_suffix(".go")
-    while not go.exists():
+    total = dict(recipe=recipe, steps=0, wall=0.0, cpu=0.0)
+    for round_ in range(args.rounds):
+        turn = out.with_suffix(f".go{round_}")
+        while not turn.exists():
+            time.sleep(0.1)
+        begin = float(turn.read_text())
+        time.sleep(max(0.0, begin - time.time()))
+        clock = _StepClock(until=begin + args.seconds)
+        while time.time() < clock.until:
+            model.fit(x, y, batch_size=BATCH_SIZE, epochs=1, verbose=0, callbacks=[clock])
+        total.update(steps=total["steps"] + clock.steps, wall=total["wall"] + clock.wall,
+                     cpu=total["cpu"] + clock.cpu)
+        write_json(out, total)
+        out.with_suffix(f".done{round_}").touch()
+
+
+def _wait_for(paths, workers, what):
+    while not all(path.exists() for path in paths):
+        if any(worker.poll() not in (None, 0) for worker in workers):  # 0: done with its last turn
+            raise RuntimeError(f"a cost worker failed before {what}; its error is above")
         time.sleep(0.1)
-    begin = float(go.read_text())
-    time.sleep(max(0.0, begin - time.time()))
-    clock = _StepClock(until=begin + args.seconds)
-    while time.time() < clock.until:
-        model.fit(x, y, batch_size=BATCH_SIZE, epochs=1, verbose=0, callbacks=[clock])
-    write_json(out, dict(recipe=recipe, steps=clock.steps, wall=clock.wall, cpu=clock.cpu))
 
 
 def cmd_cost(args):
-    """Training-step time of every recipe as a ratio to PGD-7's, measured side by side: each
-    recipe trains in a process of its own (as a real run does), all at once through the same
-    `--seconds` of wall time, so every recipe meets the same load. Until 2026-12-01 this
-    interleaved single steps of every recipe in one process and took medians: that put PGD-5 +
-    EMA at 0.60x PGD-7, where its real epochs took 0.79x beside PGD-7's, and two PGD-7 models in
-    one process measured 35% apart. CPU seconds are reported too (a process's share of the cores
-    varies; its CPU time per step less so)."""
+    """Training-step time of every recipe as a ratio to PGD-7's. Each recipe lives in a process
+    of its own (traced once, as a real run), and the recipes take turns: in each of `--rounds`
+    rounds every one trains alone for `--seconds` while the others sleep, so none competes with
+    another for the cores and a change of the machine's load over time hits all of them.
+    Counted: seconds between batch ends (`_StepClock`). CPU seconds are reported too.
+
+    Until 2026-12-01 this command interleaved single steps of every recipe in one process and
+    took medians, which put PGD-5 + EMA at 0.60x PGD-7 where its real epochs took 0.79x beside
+    PGD-7's (two identical PGD-7 models in one process measured 35% apart); all recipes training
+    at once in separate processes put it at 1.07x (six processes on two cores). Run it on an
+    otherwise idle machine."""
     recipes = [REFERENCE] + [r for r in args.recipes if r != REFERENCE]
     with tempfile.TemporaryDirectory() as scratch:
         outs = {r: Path(scratch) / f"{r}.json" for r in recipes}
         workers = [subprocess.Popen([sys.executable, __file__, "cost-worker", "--dataset", args.dataset,
                                      "--recipes", r, "--batches", str(args.batches), "--seconds", str(args.seconds),
-                                     "--to", str(out)]) for r, out in outs.items()]
-        while not all(out.with_suffix(".ready").exists() for out in outs.values()):
-            if any(worker.poll() not in (None, 0) for worker in workers):
-                raise RuntimeError("a cost worker failed before it was ready; its error is above")
-            time.sleep(0.2)
-        begin = time.time() + 1.0
-        for out in outs.values():
-            out.with_suffix(".go").write_text(repr(begin))
-        if any(worker.wait() != 0 for worker in workers):
-            raise RuntimeError("a cost worker failed; its error is above")
+                                     "--rounds", str(args.rounds), "--to", str(out)]) for r, out in outs.items()]
+        try:
+            _wait_for([out.with_suffix(".ready") for out in outs.values()], workers, "it was ready")
+            for round_ in range(args.rounds):
+                for r, out in outs.items():
+                    out.with_suffix(f".go{round_}").write_text(repr(time.time() + 0.5))
+                    _wait_for([out.with_suffix(f".done{round_}")], workers, "its turn ended")
+                if args.verbose:
+                    print(f"round {round_ + 1}/{args.rounds} done", flush=True)
+        finally:
+            for worker in workers:
+                worker.kill()
         counted = {r: read_json(out) for r, out in outs.items()}
     per_step = {r: c["wall"] / c["steps"] for r, c in counted.items()}
     cpu_per_step = {r: c["cpu"] / c["steps"] for r, c in counted.items()}
-    result = dict(seconds=args.seconds, batch_size=BATCH_SIZE, processes=len(recipes),
-                  estimator="seconds per training step, each recipe in its own process, all through one window",
+    result = dict(rounds=args.rounds, seconds=args.seconds, batch_size=BATCH_SIZE,
+                  estimator="seconds per training step, each recipe alone in its own process, taking turns",
                   command=" ".join(sys.argv), date=time.strftime("%Y-%m-%d %H:%M:%S"),
                   load_average=os.getloadavg(), steps={r: c["steps"] for r, c in counted.items()},
                   seconds_per_step=per_step,
@@ -618,7 +636,8 @@ def main(argv=None):
                         help="default: all training images but the validation ones (CIFAR-10: 20,000)")
     parser.add_argument("--test-points", type=int, default=None, help="default: 1,000 (digits: 100)")
     parser.add_argument("--eval-batch-size", type=int, default=250)
-    parser.add_argument("--seconds", type=float, default=300, help="cost: the window every recipe trains through")
+    parser.add_argument("--rounds", type=int, default=3, help="cost: turns each recipe takes")
+    parser.add_argument("--seconds", type=float, default=40, help="cost: the length of each turn")
     parser.add_argument("--batches", type=int, default=40, help="cost: the training images, in batches")
     parser.add_argument("--budget", choices=["autoattack", "screen"], default="autoattack",
                         help="autoattack: the full standard cascade (the benchmark); screen: APGD-CE 100 steps "

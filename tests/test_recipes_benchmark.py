@@ -226,19 +226,19 @@ def test_side_by_side_ratio_counts_only_the_epochs_run_while_the_other_trained()
     assert bench.side_by_side_ratio(barely, reference, min_epochs=1) == pytest.approx(0.5)
 
 
-def test_cost_times_every_recipe_in_its_own_process_through_one_window(tmp_path, capsys):
+def test_cost_times_every_recipe_alone_in_its_own_process_taking_turns(tmp_path, capsys):
     runs = tmp_path / "runs"
-    out = _run(capsys, "cost", "--dataset", "digits", "--recipes", "pgd", "fgsm_rs", "--seconds", "4",
-               "--batches", "3", "--runs", str(runs), "--verbose", "0")
+    out = _run(capsys, "cost", "--dataset", "digits", "--recipes", "pgd", "fgsm_rs", "--seconds", "2",
+               "--rounds", "2", "--batches", "3", "--runs", str(runs), "--verbose", "0")
     cost = json.loads((runs / "digits" / "cost.json").read_text())
-    assert cost["processes"] == 2 and cost["seconds"] == 4
+    assert cost["rounds"] == 2 and cost["seconds"] == 2
     assert set(cost["ratio_to_pgd"]) == set(cost["cpu_ratio_to_pgd"]) == {"pgd", "fgsm_rs"}
     assert cost["ratio_to_pgd"]["pgd"] == cost["cpu_ratio_to_pgd"]["pgd"] == 1.0
     per_step, steps = cost["seconds_per_step"], cost["steps"]
     assert cost["ratio_to_pgd"]["fgsm_rs"] == pytest.approx(per_step["fgsm_rs"] / per_step["pgd"])
-    # Both trained through the same 4 s; the steps counted lie inside it (with 3 batches a fit,
-    # most of it goes to what each `fit` does around its steps, which is not counted).
+    # Each trained for two turns of 2 s; the steps counted lie inside them (with 3 batches a
+    # fit, most of a turn goes to what each `fit` does around its steps, which is not counted).
     for recipe in ("pgd", "fgsm_rs"):
-        assert steps[recipe] >= 2 and 0.0 < steps[recipe] * per_step[recipe] <= 4.0
+        assert steps[recipe] >= 4 and 0.0 < steps[recipe] * per_step[recipe] <= 4.0
     assert f"{cost['ratio_to_pgd']['fgsm_rs']:6.2f}x PGD-7" in out
     assert bench.step_ratio(cost, "fgsm_rs") == cost["ratio_to_pgd"]["fgsm_rs"]
