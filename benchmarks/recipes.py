@@ -375,14 +375,14 @@ def cmd_cost(args):
     """Training-step time of every recipe as a ratio to PGD-7's. Each recipe lives in a process
     of its own (traced once, as a real run), and the recipes take turns: in each of `--rounds`
     rounds every one trains alone for `--seconds` while the others sleep, so none competes with
-    another for the cores and a change of the machine's load over time hits all of them.
-    Counted: seconds between batch ends (`_StepClock`). CPU seconds are reported too.
+    another for the cores. Counted: seconds between batch ends (`_StepClock`), and CPU seconds.
 
-    Until 2026-12-01 this command interleaved single steps of every recipe in one process and
-    took medians, which put PGD-5 + EMA at 0.60x PGD-7 where its real epochs took 0.79x beside
-    PGD-7's (two identical PGD-7 models in one process measured 35% apart); all recipes training
-    at once in separate processes put it at 1.07x (six processes on two cores). Run it on an
-    otherwise idle machine."""
+    This machine's speed drifts by tens of percent over minutes (PGD-7 alone: 272 ms a step in
+    one measurement, 167 ms in the next, 20 minutes later), so turns are short and many: a drift
+    slower than a round hits every recipe alike. Three processes running the same PGD-7 step
+    measured 167, 165 and 163 ms. Until 2026-12-01 this command interleaved single steps of
+    every recipe in one process and took medians, which put PGD-5 + EMA at 0.60x PGD-7 where
+    its real epochs took 0.79x beside PGD-7's."""
     recipes = [REFERENCE] + [r for r in args.recipes if r != REFERENCE]
     with tempfile.TemporaryDirectory() as scratch:
         outs = {r: Path(scratch) / f"{r}.json" for r in recipes}
@@ -636,8 +636,8 @@ def main(argv=None):
                         help="default: all training images but the validation ones (CIFAR-10: 20,000)")
     parser.add_argument("--test-points", type=int, default=None, help="default: 1,000 (digits: 100)")
     parser.add_argument("--eval-batch-size", type=int, default=250)
-    parser.add_argument("--rounds", type=int, default=3, help="cost: turns each recipe takes")
-    parser.add_argument("--seconds", type=float, default=40, help="cost: the length of each turn")
+    parser.add_argument("--rounds", type=int, default=20, help="cost: turns each recipe takes")
+    parser.add_argument("--seconds", type=float, default=6, help="cost: the length of each turn")
     parser.add_argument("--batches", type=int, default=40, help="cost: the training images, in batches")
     parser.add_argument("--budget", choices=["autoattack", "screen"], default="autoattack",
                         help="autoattack: the full standard cascade (the benchmark); screen: APGD-CE 100 steps "
