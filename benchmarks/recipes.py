@@ -102,22 +102,24 @@ RECIPES = {
     "n_fgsm_gradalign": dict(harden=dict(method="n_fgsm_gradalign"), passes="2 + 2 double-backprop"),
     "n_fgsm_gfa": dict(harden=dict(method="n_fgsm_gfa", layers=1), passes="2 + 1 double-backprop"),
     "n_fgsm_awp_ema": dict(harden=dict(method="n_fgsm", awp_gamma=5e-3, ema_momentum=0.999), passes="3"),
-    # whatever `harden(method="recommended")` is today (PGD-5 + EMA, the "pgd5_ema_long" row at
+    # whatever `harden(method="recommended")` is today (PGD-5 + EMA, the "pgd5_ema_equal" row at
     # 15 epochs; PGD-3 + AWP + EMA, until 2026-12-01, is the "pgd3_awp_ema" row)
     "recommended": dict(harden=dict(method="recommended"), passes="6 (PGD-5)"),
     # PGD-7's wall time spent on more epochs of a cheaper attack: after 15 epochs PGD-7 still
     # underfits its own training points (training accuracy 0.78-0.79 against 0.77 held out), so
     # epochs may buy more than attack steps. `epochs_scale` multiplies the data set's epochs;
-    # the scale is the inverse of the recipe's interleaved step cost (the `cost` table).
+    # the scale was the inverse of the recipe's step cost as the `cost` table then measured it.
     "pgd3_ema_long": dict(harden=dict(method="pgd", steps=3, ema_momentum=0.999), passes="4", epochs_scale=1.8),
     "n_fgsm_ema_long": dict(harden=dict(method="n_fgsm", ema_momentum=0.999), passes="2", epochs_scale=3.4),
     # PGD-3 overfit catastrophically on one of two seeds with and without AWP (docs/RESULTS.md):
-    # five smaller steps for 1.4x the epochs (interleaved step cost 0.60x PGD-7 on a quiet machine).
+    # five smaller steps for 1.4x the epochs (`cost` then measured its step at 0.60x PGD-7's: it
+    # is 0.75x by gradient passes, and its epochs took 0.79x PGD-7's side by side, so 21 epochs
+    # took 1.07x PGD-7's time; "recommended" with these epochs until 2026-12-01).
     "pgd5_ema_long": dict(harden=dict(method="pgd", steps=5, ema_momentum=0.999), passes="6", epochs_scale=1.4),
-    # The same run cut to PGD-7's time as measured side by side: PGD-7 and PGD-5 + EMA trained
-    # concurrently on Fashion-MNIST (seed 2) took 259 s and 203 s per epoch (median), 0.78x, so
-    # 21 epochs took 1.07x PGD-7's time (the interleaved `cost` above said 0.60x); 18 epochs
-    # took 0.93x, with a margin for the machine's noise (19: 0.975x).
+    # The same recipe cut to PGD-7's time, the recommended recipe since 2026-12-01: PGD-7 and
+    # PGD-5 + EMA trained side by side on Fashion-MNIST (seed 2) took 259 s and 203 s per epoch
+    # (median), 0.78x; 18 epochs took 0.93x PGD-7's time (19: 0.975x, inside the noise), and
+    # 6 gradient passes a step against PGD-7's 8 make 0.9x.
     "pgd5_ema_equal": dict(harden=dict(method="pgd", steps=5, ema_momentum=0.999), passes="6", epochs_scale=1.2),
     # Not a candidate (twice PGD-7's training time): how much more epochs buy at PGD-7's own
     # strength, a yardstick for what a recipe at 1x the time can hope to gain by training longer.

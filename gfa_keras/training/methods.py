@@ -30,8 +30,10 @@ included); both are off by default.
 
 "recommended" is the recipe benchmarks/recipes.py has measured to be the most robust at
 PGD-7 training's cost without failing on any seed: PGD-5 with weight averaging, trained for
-1.4x the epochs PGD-7 would get (0.84x its time). It was PGD-3 + AWP + EMA until that
-recipe, and PGD-3 + EMA, overfit catastrophically on one of two seeds (docs/RESULTS.md).
+1.2x the epochs PGD-7 would get (0.9x its time: 6 gradient passes a step against 8). It was
+PGD-3 + AWP + EMA until that recipe, and PGD-3 + EMA, overfit catastrophically on one of two
+seeds; 1.4x the epochs until PGD-5's epochs, timed beside PGD-7's, proved to cost 0.79x of
+theirs, not 0.6x (docs/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -204,7 +206,7 @@ for _spec in (
     # (docs/RESULTS.md, "Training recipes"); a recipe replaces it only after beating it on two.
     MethodSpec("recommended", _wrapper(lambda o: _pgd(o, default_steps=5)), None, True, (),
                description="the benchmark's best stable recipe at PGD-7's cost: PGD-5 training with weight "
-                           "averaging (EMA 0.999), for 1.4x PGD-7's epochs",
+                           "averaging (EMA 0.999), for 1.2x PGD-7's epochs",
                ema_momentum=0.999),
 ):
     register_method(_spec)
@@ -232,7 +234,7 @@ def harden(model, layers=3, penalty_weight: float | None = None, *, method: str 
             n_fgsm_gradalign 0.2 (GradAlign's lambda for CIFAR-10 at 8/255), n_fgsm_gfa 0.01.
         method: One of `METHODS`. "recommended": the most robust recipe at PGD-7's cost
             that benchmarks/recipes.py found stable on every seed: PGD-5 (`steps` changes
-            it) with weight averaging (momentum 0.999); train it for 1.4x the epochs you
+            it) with weight averaging (momentum 0.999); train it for 1.2x the epochs you
             would give PGD-7 (docs/RESULTS.md).
         eps: Perturbation radius in pixel scale, required by the adversarial methods
             (e.g. 8/255 for CIFAR-10, 0.1 for Fashion-MNIST, Linf).
