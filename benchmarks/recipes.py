@@ -24,7 +24,8 @@ Commands (one per table; rerunning any of them resumes where it stopped):
     python benchmarks/recipes.py table --dataset fashion_mnist
     python benchmarks/recipes.py curves --dataset fashion_mnist   # held-out accuracy per epoch
     python benchmarks/recipes.py seeds --dataset fashion_mnist    # mean, spread, paired gain over seeds
-    python benchmarks/recipes.py publish --dataset fashion_mnist  # JSON summaries into the repo
+    python benchmarks/recipes.py publish --dataset fashion_mnist  # JSON summaries into the repo (all runs,
+                                                                  # or those --recipes/--seeds name)
 
 The published summaries (benchmarks/results/recipes/<dataset>/, committed) are what docs/RESULTS.md's
 tables are made from: `table --runs benchmarks/results/recipes` prints them again.
@@ -441,10 +442,14 @@ def _runs(root):
             yield path.parent, progress
 
 
-def _reference_epochs(root, planned_epochs):
-    """The PGD-7 reference's epochs (the median over its seeds), or `planned_epochs` before it ran."""
-    runs = [progress for _, progress in _runs(root) if progress["recipe"] == REFERENCE]
-    return statistics.median(r["epochs_done"] for r in runs) if runs else planned_epochs
+def _references(root):
+    """The PGD-7 reference's runs, by seed."""
+    return {progress["seed"]: progress for _, progress in _runs(root) if progress["recipe"] == REFERENCE}
+
+
+def _reference_epochs(references, planned_epochs):
+    """The reference's epochs (the median over its seeds), or `planned_epochs` before it ran."""
+    return statistics.median(r["epochs_done"] for r in references.values()) if references else planned_epochs
 
 
 def collapse_epoch(held_out, min_drop=0.2):
@@ -501,8 +506,8 @@ def _training_time(ratio, epochs, reference_epochs):
 def cmd_table(args):
     root = Path(args.runs) / args.dataset
     cost = read_json(root / "cost.json", {})
-    reference_epochs = _reference_epochs(root, args.epochs)
-    references = {progress["seed"]: progress for _, progress in _runs(root) if progress["recipe"] == REFERENCE}
+    references = _references(root)
+    reference_epochs = _reference_epochs(references, args.epochs)
     head = ("| recipe | seed | epochs | passes/step | step time / PGD-7 (`cost`) | "
             "training time / PGD-7's (`cost` step ratio x epochs) | "
             "epoch time / PGD-7's, side by side (same seed) | training time / PGD-7's, side by side | "
@@ -595,7 +600,7 @@ def cmd_curves(args):
     in PGD-7 training times (the `cost` step ratio x epochs / the reference's epochs)."""
     root = Path(args.runs) / args.dataset
     cost = read_json(root / "cost.json", {})
-    reference_epochs = _reference_epochs(root, args.epochs)
+    reference_epochs = _reference_epochs(_references(root), args.epochs)
     for _, progress in _runs(root):
         recipe, held = progress["recipe"], [h["apgd_ce"] for h in progress["held_out"]]
         if not held:
@@ -612,9 +617,13 @@ def cmd_curves(args):
 def cmd_publish(args):
     """Copies what the tables are made from (each run's progress.json and finished reports, and
     cost.json) from --runs to --to, without models or resumable state: small files to commit, so
-    `table --runs <to>` reproduces the docs' tables from the repository."""
+    `table --runs <to>` reproduces the docs' tables from the repository. --recipes and --seeds,
+    when given, choose the runs (say, the finished ones while others still train); all by default."""
     source, target = Path(args.runs) / args.dataset, Path(args.to) / args.dataset
-    files = [source / "cost.json", *source.glob("*/seed*/progress.json"), *source.glob("*/seed*/eval_*.json")]
+    runs = [path.parent for path in source.glob("*/seed*/progress.json")
+            if (args.recipes is None or path.parent.parent.name in args.recipes)
+            and (args.seeds is None or path.parent.name in {f"seed{s}" for s in args.seeds})]
+    files = [source / "cost.json", *(f for run in runs for f in (run / "progress.json", *run.glob("eval_*.json")))]
     copied = 0
     for path in files:
         if path.exists() and not path.name.endswith(".state.json"):
@@ -634,8 +643,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=list(COMMANDS))
     parser.add_argument("--dataset", default="fashion_mnist", choices=sorted(SETTINGS))
-    parser.add_argument("--recipes", nargs="+", default=[REFERENCE], choices=list(RECIPES))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), help=f"default: {REFERENCE} (publish: all)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="default: 0 (publish: all)")
     parser.add_argument("--epochs", type=int, default=None, help="default: 15 (digits: 2)")
     parser.add_argument("--train-size", type=int, default=None,
                         help="default: all training images but the validation ones (CIFAR-10: 20,000)")
@@ -653,6 +662,8 @@ def main(argv=None):
                         help="publish: where the copies go (cost-worker: its result file)")
     parser.add_argument("--verbose", type=int, default=1)
     args = parser.parse_args(argv)
+    if args.command != "publish":
+        args.recipes, args.seeds = args.recipes or [REFERENCE], args.seeds or [0]
     args.epochs = args.epochs or SETTINGS[args.dataset]["epochs"]
     args.test_points = args.test_points or SETTINGS[args.dataset]["test_points"]
     COMMANDS[args.command](args)

@@ -111,6 +111,28 @@ def test_train_resumes_evaluates_tabulates_and_publishes(tmp_path, capsys):
     assert republished == table
 
 
+def test_publish_copies_only_the_runs_named(tmp_path, capsys):
+    runs = tmp_path / "runs" / "digits"
+    for recipe, seed in (("pgd", 0), ("pgd", 1), ("pgd5_ema_equal", 0), ("pgd5_ema_equal", 1)):
+        directory = runs / recipe / f"seed{seed}"
+        directory.mkdir(parents=True)
+        (directory / "progress.json").write_text(json.dumps({"recipe": recipe, "seed": seed}))
+        (directory / "eval_last.json").write_text("{}")
+        (directory / "eval_last_epoch2.state.json").write_text("{}")  # resumable state: never published
+    (runs / "cost.json").write_text("{}")
+    common = ["--dataset", "digits", "--runs", str(tmp_path / "runs")]
+
+    def published(to, *argv):
+        _run(capsys, "publish", *common, "--to", str(to), *argv)
+        return sorted(str(p.relative_to(to / "digits")) for p in to.rglob("*") if p.is_file())
+    assert published(tmp_path / "some", "--recipes", "pgd5_ema_equal", "--seeds", "1") == [
+        "cost.json", "pgd5_ema_equal/seed1/eval_last.json", "pgd5_ema_equal/seed1/progress.json"]
+    assert published(tmp_path / "seed0", "--seeds", "0") == [
+        "cost.json", "pgd/seed0/eval_last.json", "pgd/seed0/progress.json",
+        "pgd5_ema_equal/seed0/eval_last.json", "pgd5_ema_equal/seed0/progress.json"]
+    assert len(published(tmp_path / "all")) == 1 + 4 * 2
+
+
 def test_publish_without_runs_copies_nothing(tmp_path, capsys):
     out = _run(capsys, "publish", "--dataset", "digits", "--runs", str(tmp_path / "none"),
                "--to", str(tmp_path / "to"))
