@@ -74,6 +74,31 @@ def test_resuming_without_the_optimizer_state_would_not_match(tmp_path):
     assert gap > 1e-3
 
 
+def build_noisy(seed=3):
+    """Random starts (PGD) and random nearby points (GradAlign) in every step."""
+    model = harden(random_linear_model(), method="n_fgsm_gradalign", eps=0.3, penalty_weight=1.0, seed=seed)
+    model.compile(optimizer=keras.optimizers.Adam(0.05),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def test_a_run_with_random_noise_resumes_exactly(tmp_path):
+    # The noise of a step is a function of the model's saved seed and the optimizer's saved
+    # step count: the resumed run (a loaded model, traced anew) draws what the straight one drew.
+    straight, _ = fit_resumable(build_noisy(), X, Y, directory=tmp_path / "straight", epochs=4, **FIT)
+    with pytest.raises(KeyboardInterrupt):
+        fit_resumable(build_noisy(), X, Y, directory=tmp_path / "resumed", epochs=4, callbacks=[_Interrupt(at=2)],
+                      **FIT)
+    resumed, _ = fit_resumable(build_noisy, X, Y, directory=tmp_path / "resumed", epochs=4, **FIT)
+    assert resumed.seed == straight.seed == 3
+    for a, b in zip(_weights(resumed), _weights(straight)):
+        np.testing.assert_array_equal(a, b)
+
+    # The noise matters: another seed ends elsewhere.
+    other, _ = fit_resumable(build_noisy(seed=4), X, Y, directory=tmp_path / "other", epochs=4, **FIT)
+    assert max(np.abs(a - b).max() for a, b in zip(_weights(other), _weights(straight))) > 1e-4
+
+
 def test_a_finished_run_rerun_returns_without_training(tmp_path):
     model, _ = fit_resumable(build(), X, Y, directory=tmp_path, epochs=2, **FIT)
     again, history = fit_resumable(build, X, Y, directory=tmp_path, epochs=2, **FIT)

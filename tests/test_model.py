@@ -281,11 +281,26 @@ def test_dead_relus_and_zero_inputs_never_give_nan():
         # A bad epsilon is reported as itself, not as a penalty_weight error.
         ({"epsilon": 0.0}, r"^epsilon must be a finite number > 0\. Received: epsilon=0\.0$"),
         ({"epsilon": float("nan")}, r"^epsilon must be a finite number > 0\. Received: epsilon=nan$"),
+        ({"seed": -1}, r"^seed must be None or a non-negative integer\. Received: seed=-1$"),
+        ({"seed": 1.5}, r"^seed must be None or a non-negative integer\. Received: seed=1\.5$"),
+        ({"seed": True}, r"^seed must be None or a non-negative integer\. Received: seed=True$"),
     ],
 )
 def test_bad_arguments_raise_keras_style_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         harden(tiny_sequential(), **kwargs)
+
+
+def test_the_noise_seed_follows_keras_global_seed_and_round_trips(tmp_path):
+    seeds = []
+    for global_seed in (1, 1, 2):
+        keras.utils.set_random_seed(global_seed)
+        seeds.append(harden(tiny_sequential(), layers=1).seed)
+    assert seeds[0] == seeds[1] != seeds[2]
+    model = harden(tiny_sequential(), layers=1, seed=12345)
+    path = tmp_path / "seeded.keras"
+    model.save(path)
+    assert keras.models.load_model(path).seed == 12345 == model.get_config()["seed"]
 
 
 def test_gfa_model_names_the_argument_that_is_wrong():

@@ -221,7 +221,7 @@ def harden(model, layers=3, penalty_weight: float | None = None, *, method: str 
            eps: float | None = None, step_size: float | None = None, steps: int | None = None,
            norm: str = "linf", p: int = 2, clip_min: float = 0.0, clip_max: float = 1.0,
            epsilon: float = 1e-12, awp_gamma: float | None = None, ema_momentum: float | None = None,
-           name: str | None = None) -> HardenedModel:
+           seed: int | None = None, name: str | None = None) -> HardenedModel:
     """Wraps `model` so that `fit` trains it with a defense, by default layer-wise GFA.
 
     Args:
@@ -250,6 +250,10 @@ def harden(model, layers=3, penalty_weight: float | None = None, *, method: str 
         ema_momentum: Keep an exponential moving average of the weights (batch-norm
             statistics included) with this momentum in (0, 1), e.g. 0.999; after `fit`
             the model holds the averaged weights. None: off (0.999 for "recommended").
+        seed: The seed of the training noise (random starts and the like), saved with the
+            model so that training resumed from a `.keras` file goes on exactly as the
+            uninterrupted run would have; default: drawn from Python's `random`
+            (`keras.utils.set_random_seed` seeds it).
         name: The wrapper's name; default "<model name>_<method>".
 
     Returns:
@@ -259,7 +263,8 @@ def harden(model, layers=3, penalty_weight: float | None = None, *, method: str 
         ValueError: For an unknown method, a non-Keras or unbuilt model, bad `layers`,
             a negative or non-finite weight, a missing or non-positive eps, a step size
             <= 0 or not finite, steps < 1,
-            p not in {1, 2}, awp_gamma <= 0 or non-finite, ema_momentum outside (0, 1).
+            p not in {1, 2}, awp_gamma <= 0 or non-finite, ema_momentum outside (0, 1),
+            a seed that is not a non-negative integer.
         RuntimeError: When the Keras backend is not TensorFlow.
 
     Example:
@@ -292,4 +297,4 @@ def harden(model, layers=3, penalty_weight: float | None = None, *, method: str 
     options = MethodOptions(layers=layers, penalty_weight=penalty_weight, eps=eps, step_size=step_size,
                             steps=steps, norm=norm, p=p, clip_min=clip_min, clip_max=clip_max, epsilon=epsilon)
     return spec.build(model, options, name=name or f"{model.name}_{method}",
-                      weight_perturbation=weight_perturbation, ema_momentum=ema_momentum)
+                      weight_perturbation=weight_perturbation, ema_momentum=ema_momentum, seed=seed)

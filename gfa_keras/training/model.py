@@ -21,12 +21,13 @@ One step, whatever the method:
 from __future__ import annotations
 
 import contextlib
+import random
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from gfa_keras.training.perturbations import Perturbation
+from gfa_keras.training.perturbations import Perturbation, step_seeds
 from gfa_keras.training.regularizers import GradientFeatureAlignment, Regularizer, StepTensors
 from gfa_keras.training.taps import MODEL_INPUT, build_feature_extractor
 from gfa_keras.training.weight_perturbation import AdversarialWeightPerturbation, update_variables
@@ -136,6 +137,12 @@ class HardenedModel(keras.Model):
             only the variables it trains, not batch-norm statistics, and at the end of
             every `fit` it overwrites the trained weights with the average, so a resumed
             `fit` would go on from the average.)
+        seed: The integer seed of the training noise (random starts, N-FGSM's noise,
+            GradAlign's nearby points, TRADES' start): each step's noise is a function of
+            it and the optimizer's step count, so a run resumed from a saved `.keras`
+            file goes on exactly as the uninterrupted run would have. Saved with the
+            model; default: drawn from Python's `random`, which `keras.utils.set_random_seed`
+            seeds.
         **kwargs: Passed to `keras.Model` (e.g. `name`).
 
     Logged metrics: `loss` (total), `task_loss`, `<name>_penalty` for each regularizer
@@ -160,7 +167,7 @@ class HardenedModel(keras.Model):
     """
 
     def __init__(self, base_model, perturbation=None, regularizers=(), weight_perturbation=None,
-                 ema_momentum=None, **kwargs):
+                 ema_momentum=None, seed=None, **kwargs):
         require_tensorflow_backend()
         check_base_model(base_model)
         if perturbation is not None and not isinstance(perturbation, Perturbation):
@@ -182,6 +189,10 @@ class HardenedModel(keras.Model):
             )
         if ema_momentum is not None:
             ema_momentum = check_number("ema_momentum", ema_momentum, low=0, high=1, low_open=True, high_open=True)
+        if seed is None:
+            seed = random.randrange(2**31)
+        elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
+            raise ValueError(f"seed must be None or a non-negative integer. Received: seed={seed!r}")
         names = [r.name for r in regularizers]
         if len(set(names)) != len(names):
             raise ValueError(f"Each regularizer may appear once. Received regularizers named: {names}")
@@ -200,6 +211,7 @@ class HardenedModel(keras.Model):
         self.regularizers = regularizers
         self.weight_perturbation = weight_perturbation
         self.ema_momentum = ema_momentum
+        self.seed = int(seed)
 
         self._taps = tuple(dict.fromkeys(n for r in regularizers for n in r.tapped_layers if n != MODEL_INPUT))
         self._needs_input_gradient = any(
@@ -338,6 +350,18 @@ class HardenedModel(keras.Model):
         return logs
 
     def train_step(self, data):
+        with step_seeds(self._step_noise_seed()):
+            return self._train_step(data)
+
+    def _step_noise_seed(self):
+        """The seed of this step's noise: the model's seed, the optimizer's step count and,
+        under tf.distribute, the replica (each draws its own)."""
+        seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(self.optimizer.iterations, tf.int64)])
+        context = tf.distribute.get_replica_context()
+        replica = context.replica_id_in_sync_group if context is not None else 0
+        return tf.random.experimental.stateless_fold_in(seed, replica)
+
+    def _train_step(self, data):
         x, y, sample_weight = _as_tensors(keras.utils.unpack_x_y_sample_weight(data))
         x_train = self.perturbation(self.base_model, x, y) if self.perturbation is not None else x
         cache = {}
@@ -478,6 +502,7 @@ class HardenedModel(keras.Model):
                 "weight_perturbation": None if self.weight_perturbation is None
                 else _serialize(self.weight_perturbation),
                 "ema_momentum": self.ema_momentum,
+                "seed": self.seed,
             }
         )
         return config

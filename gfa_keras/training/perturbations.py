@@ -11,6 +11,8 @@ whatever loss the model is compiled with; labels may be integers or one-hot.
 from __future__ import annotations
 
 import abc
+import contextlib
+import threading
 
 import keras
 import tensorflow as tf
@@ -18,7 +20,8 @@ import tensorflow as tf
 from gfa_keras.threat_model import NORMS, project, random_start
 from gfa_keras.validation import check_choice, check_clip_range, check_eps, check_number, check_positive_int
 
-__all__ = ["Perturbation", "FGSM", "NFGSM", "PGD", "cross_entropy_per_example", "check_ball", "step_seed"]
+__all__ = ["Perturbation", "FGSM", "NFGSM", "PGD", "cross_entropy_per_example", "check_ball", "step_seed",
+           "step_seeds"]
 
 
 def cross_entropy_per_example(y, logits):
@@ -246,7 +249,28 @@ class PGD(Perturbation):
         return tf.stop_gradient(x_adv)
 
 
+_seeding = threading.local()  # per thread: tf.distribute runs each replica's step in a thread of its own
+
+
+@contextlib.contextmanager
+def step_seeds(seed):
+    """Inside the block, `step_seed()` derives its seeds from `seed` (an integer pair;
+    `HardenedModel.train_step` passes its own seed and the optimizer's step count), the
+    k-th draw of the step folding in k. A step's noise is then a function of what a
+    checkpoint saves, so a run resumed from one draws what the uninterrupted run would
+    have drawn (a stateful generator restarts its sequence when a loaded model retraces)."""
+    outer = getattr(_seeding, "draw", None)
+    draws = iter(range(1, 2**31))
+    _seeding.draw = lambda: tf.random.experimental.stateless_fold_in(seed, next(draws))
+    try:
+        yield
+    finally:
+        _seeding.draw = outer
+
+
 def step_seed():
-    """A fresh seed for each batch; TF's global seed (`keras.utils.set_random_seed`)
-    makes the sequence reproducible."""
-    return tf.random.uniform((2,), maxval=2**30, dtype=tf.int64)
+    """A fresh seed pair for each draw of noise in each batch: inside `step_seeds`, a
+    function of the step; outside, from TF's global generator (`keras.utils.set_random_seed`
+    makes the sequence reproducible)."""
+    draw = getattr(_seeding, "draw", None)
+    return draw() if draw is not None else tf.random.uniform((2,), maxval=2**30, dtype=tf.int64)

@@ -248,7 +248,8 @@ class TradesKL(Regularizer):
             The starting points, shaped like `x`.
         """
         a = self.attack
-        return tf.clip_by_value(x + 0.001 * tf.random.normal(tf.shape(x)), a.clip_min, a.clip_max)
+        noise = tf.random.stateless_normal(tf.shape(x), tf.cast(step_seed(), tf.int64))
+        return tf.clip_by_value(x + 0.001 * noise, a.clip_min, a.clip_max)
 
     def get_config(self):
         a = self.attack
