@@ -173,7 +173,7 @@ def optimizer_description(rate):
 def make_model(recipe, dataset, input_shape, num_classes, seed, rate):
     options = dict(RECIPES[recipe]["harden"], eps=SETTINGS[dataset]["eps"])
     base = build_architecture("small_cnn", input_shape, num_classes, seed=seed)
-    model = harden(base, **options)
+    model = harden(base, seed=seed, **options)  # the training noise too: resumed runs repeat it
     model.compile(optimizer=keras.optimizers.Adam(rate),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     return model, options

@@ -84,6 +84,10 @@ def test_train_resumes_evaluates_tabulates_and_publishes(tmp_path, capsys):
     assert second["epochs_done"] == 2 and len(second["history"]) == 2 and len(second["held_out"]) == 2
     assert second["epoch_finished_at"][0] == first["epoch_finished_at"][0]
     assert second["history"][0] == first["history"][0]
+    # ... and ends where a straight run of both epochs ends (the same shuffles and attack noise).
+    _run(capsys, "train", *common[:-4], "--runs", str(tmp_path / "straight"), "--verbose", "0", "--epochs", "2")
+    straight = json.loads((tmp_path / "straight" / "digits" / "pgd" / "seed0" / "progress.json").read_text())
+    assert straight["history"] == second["history"] and straight["held_out"] == second["held_out"]
 
     _run(capsys, "evaluate", *common, "--budget", "screen")
     report = json.loads((directory / "eval_last_screen.json").read_text())
