@@ -30,7 +30,8 @@ included); both are off by default.
 
 "recommended" is the recipe benchmarks/recipes.py has measured to be the most robust at
 PGD-7 training's cost without failing on any seed: PGD-5 with weight averaging, trained for
-1.2x the epochs PGD-7 would get (0.9x its time: 6 gradient passes a step against 8). It was
+1.2x the epochs PGD-7 would get (0.9x its time by gradient passes, 6 a step against 8; 0.92x
+and 1.00x of PGD-7's training time measured side by side on Fashion-MNIST and CIFAR-10). It was
 PGD-3 + AWP + EMA until that recipe, and PGD-3 + EMA, overfit catastrophically on one of two
 seeds; 1.4x the epochs until PGD-5's epochs, timed beside PGD-7's, proved to cost 0.79x of
 theirs, not 0.6x (docs/RESULTS.md).
