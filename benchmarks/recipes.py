@@ -484,7 +484,10 @@ def _epoch_spans(progress):
 def side_by_side_ratio(progress, reference, min_epochs=3):
     """The run's median epoch seconds over the reference's, counting only the epochs each ran
     while the other was training: a time ratio measured in the same run (both under the same
-    load), where the `cost` table measures steps. None unless both have `min_epochs` such epochs."""
+    load), where the `cost` table measures steps. None unless both have `min_epochs` such epochs.
+    Medians shrug off a pause inside one epoch, but under a load that drifts during the runs they
+    can stray from the runs' total times (CIFAR-10 seed 3: 0.92x by medians, 1.00x by totals for
+    two runs that started and ended together; docs/RESULTS.md): for such a pair the totals are the ratio."""
     mine, theirs = _epoch_spans(progress), _epoch_spans(reference)
     if not mine or not theirs:
         return None
