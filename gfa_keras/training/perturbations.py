@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import itertools
 import threading
 
 import keras
@@ -260,7 +261,7 @@ def step_seeds(seed):
     checkpoint saves, so a run resumed from one draws what the uninterrupted run would
     have drawn (a stateful generator restarts its sequence when a loaded model retraces)."""
     outer = getattr(_seeding, "draw", None)
-    draws = iter(range(1, 2**31))
+    draws = itertools.count(1)
     _seeding.draw = lambda: tf.random.experimental.stateless_fold_in(seed, next(draws))
     try:
         yield

@@ -248,7 +248,7 @@ class TradesKL(Regularizer):
             The starting points, shaped like `x`.
         """
         a = self.attack
-        noise = tf.random.stateless_normal(tf.shape(x), tf.cast(step_seed(), tf.int64))
+        noise = tf.random.stateless_normal(tf.shape(x), step_seed())
         return tf.clip_by_value(x + 0.001 * noise, a.clip_min, a.clip_max)
 
     def get_config(self):
