@@ -487,7 +487,8 @@ def side_by_side_ratio(progress, reference, min_epochs=3):
     load), where the `cost` table measures steps. None unless both have `min_epochs` such epochs.
     Medians shrug off a pause inside one epoch, but under a load that drifts during the runs they
     can stray from the runs' total times (CIFAR-10 seed 3: 0.92x by medians, 1.00x by totals for
-    two runs that started and ended together; docs/RESULTS.md): for such a pair the totals are the ratio."""
+    two runs that started and ended together; docs/RESULTS.md): `side_by_side_training_time`
+    takes the totals for such a pair."""
     mine, theirs = _epoch_spans(progress), _epoch_spans(reference)
     if not mine or not theirs:
         return None
@@ -499,6 +500,19 @@ def side_by_side_ratio(progress, reference, min_epochs=3):
     if min(len(own), len(other)) < min_epochs:
         return None
     return statistics.median(own) / statistics.median(other)
+
+
+def side_by_side_training_time(progress, reference):
+    """The run's training time over the reference's, measured side by side: the ratio of their
+    total epoch seconds if the two started and ended together (each within one of the run's median
+    epochs of the other: every epoch then ran under the load both made), else the median epoch
+    ratio (`side_by_side_ratio`) times the epochs over the reference's. None if neither holds."""
+    mine, theirs = _epoch_spans(progress), _epoch_spans(reference)
+    if mine and theirs:
+        slack = statistics.median(progress["epoch_seconds"])
+        if abs(mine[0][0] - theirs[0][0]) <= slack and abs(mine[-1][1] - theirs[-1][1]) <= slack:
+            return sum(progress["epoch_seconds"]) / sum(reference["epoch_seconds"])
+    return _training_time(side_by_side_ratio(progress, reference), progress["epochs_done"], reference["epochs_done"])
 
 
 def _training_time(ratio, epochs, reference_epochs):
@@ -541,7 +555,7 @@ def cmd_table(args):
                 _fmt(ratio, 2),
                 _fmt(_training_time(ratio, progress["epochs_done"], reference_epochs), 2),
                 _fmt(together, 2),
-                _fmt(_training_time(together, progress["epochs_done"], reference and reference["epochs_done"]), 2),
+                _fmt(side_by_side_training_time(progress, reference) if reference else None, 2),
                 _fmt(report.clean_accuracy if report else None),
                 _fmt(report.worst_case_accuracy[0] if report else None),
                 *(_fmt(c) for c in cascade), (fired or "none") if report else "-", _fmt(held),

@@ -235,7 +235,7 @@ def _progress(start, seconds):
     for s in seconds:
         t += s
         finished.append(bench.time.strftime("%Y-%m-%d %H:%M:%S", bench.time.localtime(t)))
-    return {"epoch_seconds": list(seconds), "epoch_finished_at": finished}
+    return {"epochs_done": len(seconds), "epoch_seconds": list(seconds), "epoch_finished_at": finished}
 
 
 def test_side_by_side_ratio_counts_only_the_epochs_run_while_the_other_trained():
@@ -250,6 +250,19 @@ def test_side_by_side_ratio_counts_only_the_epochs_run_while_the_other_trained()
     barely = _progress("10:08:00", [50, 50, 50])                       # two epochs inside, fewer than 3
     assert bench.side_by_side_ratio(barely, reference) is None
     assert bench.side_by_side_ratio(barely, reference, min_epochs=1) == pytest.approx(0.5)
+
+
+def test_side_by_side_training_time_takes_totals_for_runs_that_started_and_ended_together():
+    # Load drifting during the runs: the run's short epochs fall where the machine was quiet, so
+    # its median (70 s) understates its total; the two started and ended together.
+    reference = _progress("10:00:00", [100] * 6)                        # 10:00:00-10:10:00, 600 s
+    run = _progress("10:00:30", [70] * 6 + [150])                       # 10:00:30-10:10:00, 570 s
+    assert bench.side_by_side_ratio(run, reference) == pytest.approx(0.7)
+    assert bench.side_by_side_training_time(run, reference) == pytest.approx(570 / 600)
+    # Ended far apart (the run's tail ran without the reference's load): medians x epochs.
+    longer = _progress("10:00:30", [70] * 6 + [150] * 4)                # ends 10:13:00
+    assert bench.side_by_side_training_time(longer, reference) == pytest.approx(0.7 * 10 / 6)
+    assert bench.side_by_side_training_time(_progress("11:00:00", [80] * 5), reference) is None
 
 
 def test_cost_times_every_recipe_alone_in_its_own_process_taking_turns(tmp_path, capsys):
