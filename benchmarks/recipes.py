@@ -640,7 +640,7 @@ def cmd_seeds(args):
 
 
 def _plus_minus(error):
-    """" ± 0.6" for an error of 0.006 in accuracy; nothing if there is none."""
+    """The text " ± 0.6" for an error of 0.006 in accuracy; nothing if there is none."""
     return "" if error is None else f" ± {100 * error:.1f}"
 
 
