@@ -291,10 +291,12 @@ def evaluate(args, recipe, seed, which):
 
 
 def evaluate_both(args, recipe, seed):
-    """The last epoch's model and, when it is a different epoch, the best held-out one."""
-    evaluate(args, recipe, seed, "last")
+    """The last epoch's model and, when it is a different epoch, the best held-out one
+    (`--checkpoints` may name only one of the two)."""
+    if "last" in args.checkpoints:
+        evaluate(args, recipe, seed, "last")
     progress = read_json(run_dir(args.runs, args.dataset, recipe, seed) / "progress.json")
-    if progress["best_epoch"] != progress["epochs_done"]:
+    if "best" in args.checkpoints and progress["best_epoch"] != progress["epochs_done"]:
         evaluate(args, recipe, seed, "best")
 
 
@@ -706,6 +708,9 @@ def main(argv=None):
                         help="autoattack: the full standard cascade (the benchmark); screen: APGD-CE 100 steps "
                              "alone, for screening runs only (not AutoAttack)")
     parser.add_argument("--no-eval", action="store_true", help="run: train only")
+    parser.add_argument("--checkpoints", nargs="+", choices=["last", "best"], default=["last", "best"],
+                        help="run, evaluate: which saved models to attack (default: both; best only if it "
+                             "is another epoch)")
     parser.add_argument("--runs", default="runs/recipes")
     parser.add_argument("--to", default="benchmarks/results/recipes",
                         help="publish: where the copies go (cost-worker: its result file)")

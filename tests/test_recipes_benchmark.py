@@ -115,6 +115,24 @@ def test_train_resumes_evaluates_tabulates_and_publishes(tmp_path, capsys):
     assert republished == table
 
 
+@pytest.mark.parametrize("checkpoints, best_epoch, expected", [
+    (["last", "best"], 1, ["last", "best"]),
+    (["last", "best"], 2, ["last"]),  # the best epoch is the last: attacked once
+    (["last"], 1, ["last"]),
+    (["best"], 1, ["best"]),
+    (["best"], 2, []),
+])
+def test_checkpoints_names_the_saved_models_evaluated(tmp_path, monkeypatch, checkpoints, best_epoch, expected):
+    directory = tmp_path / "digits" / "pgd" / "seed0"
+    directory.mkdir(parents=True)
+    (directory / "progress.json").write_text(json.dumps({"epochs_done": 2, "best_epoch": best_epoch}))
+    attacked = []
+    monkeypatch.setattr(bench, "evaluate", lambda args, recipe, seed, which: attacked.append(which))
+    args = type("Args", (), {"runs": str(tmp_path), "dataset": "digits", "checkpoints": checkpoints})()
+    bench.evaluate_both(args, "pgd", 0)
+    assert attacked == expected
+
+
 def test_publish_copies_only_the_runs_named(tmp_path, capsys):
     runs = tmp_path / "runs" / "digits"
     for recipe, seed in (("pgd", 0), ("pgd", 1), ("pgd5_ema_equal", 0), ("pgd5_ema_equal", 1)):
