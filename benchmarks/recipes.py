@@ -290,7 +290,7 @@ def evaluate(args, recipe, seed, which):
     return report
 
 
-def evaluate_both(args, recipe, seed):
+def evaluate_checkpoints(args, recipe, seed):
     """The last epoch's model and, when it is a different epoch, the best held-out one
     (`--checkpoints` may name only one of the two)."""
     if "last" in args.checkpoints:
@@ -305,7 +305,7 @@ def cmd_run(args):
         for recipe in args.recipes:
             train(args, recipe, seed)
             if not args.no_eval:
-                evaluate_both(args, recipe, seed)
+                evaluate_checkpoints(args, recipe, seed)
 
 
 def cmd_train(args):
@@ -317,7 +317,7 @@ def cmd_train(args):
 def cmd_evaluate(args):
     for seed in args.seeds:
         for recipe in args.recipes:
-            evaluate_both(args, recipe, seed)
+            evaluate_checkpoints(args, recipe, seed)
 
 
 class _StepClock(keras.callbacks.Callback):

@@ -129,7 +129,7 @@ def test_checkpoints_names_the_saved_models_evaluated(tmp_path, monkeypatch, che
     attacked = []
     monkeypatch.setattr(bench, "evaluate", lambda args, recipe, seed, which: attacked.append(which))
     args = type("Args", (), {"runs": str(tmp_path), "dataset": "digits", "checkpoints": checkpoints})()
-    bench.evaluate_both(args, "pgd", 0)
+    bench.evaluate_checkpoints(args, "pgd", 0)
     assert attacked == expected
 
 
