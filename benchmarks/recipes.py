@@ -24,6 +24,7 @@ Commands (one per table; rerunning any of them resumes where it stopped):
     python benchmarks/recipes.py table --dataset fashion_mnist
     python benchmarks/recipes.py curves --dataset fashion_mnist   # held-out accuracy per epoch
     python benchmarks/recipes.py seeds --dataset fashion_mnist    # mean, spread, paired gain over seeds
+    python benchmarks/recipes.py seeds --dataset fashion_mnist --reference pgd5_ema_equal  # gains over another recipe
     python benchmarks/recipes.py publish --dataset fashion_mnist  # JSON summaries into the repo (all runs,
                                                                   # or those --recipes/--seeds name)
 
@@ -578,15 +579,15 @@ def paired_point_error(robust, reference_robust):
     return statistics.stdev(differences) / len(differences) ** 0.5
 
 
-def seed_summary(results):
+def seed_summary(results, reference_recipe=REFERENCE):
     """Per recipe, over its seeds: `results` maps recipe -> seed -> (clean, worst case) of its
     last epoch, optionally with a third item, per test point whether it stayed robust. The
-    changes against the reference are paired, seed by seed (the same seed draws the same
+    changes against `reference_recipe` (PGD-7 unless told) are paired, seed by seed (the same seed draws the same
     initial weights and batches), and averaged only over the seeds both ran. Two errors of the
     gain: `gain_error`, the standard error of the mean over seeds (their spread, so training
     noise included; two seeds or more), and `point_errors`, per seed the error from the test
     points alone (`paired_point_error`)."""
-    reference = results.get(REFERENCE, {})
+    reference = results.get(reference_recipe, {})
     rows = []
     for recipe, by_seed in results.items():
         seeds = sorted(by_seed)
@@ -627,13 +628,13 @@ def cmd_seeds(args):
             report.clean_accuracy, report.worst_case_accuracy[0], report.robust_mask(0))
     measure = "AutoAttack worst case" if args.budget == "autoattack" else "APGD-CE-100 (screen)"
     rows = [f"| recipe | seeds | {measure} per seed | mean | spread | clean, mean | "
-            f"gain over {REFERENCE} on the same seed (± its test points' paired error) | "
+            f"gain over {args.reference} on the same seed (± its test points' paired error) | "
             "mean paired gain (± its error over seeds) | mean paired clean change |",
             "|" + "---|" * 9]
-    for row in seed_summary(results):
+    for row in seed_summary(results, args.reference):
         paired = " / ".join(f"{_points(g)}{_plus_minus(row['point_errors'][s])} (seed {s})"
                             for s, g in row["gains"].items()) or "-"
-        against = ["reference"] * 3 if row["recipe"] == REFERENCE else \
+        against = ["reference"] * 3 if row["recipe"] == args.reference else \
             [paired, _points(row["mean_gain"]) + _plus_minus(row["gain_error"]), _points(row["mean_clean_change"])]
         rows.append("| " + " | ".join([
             row["recipe"], " / ".join(map(str, row["seeds"])), " / ".join(f"{100 * w:.1f}" for w in row["worst"]),
@@ -711,6 +712,8 @@ def main(argv=None):
     parser.add_argument("--checkpoints", nargs="+", choices=["last", "best"], default=["last", "best"],
                         help="run, evaluate: which saved models to attack (default: both; best only if it "
                              "is another epoch)")
+    parser.add_argument("--reference", default=REFERENCE, choices=list(RECIPES),
+                        help=f"seeds: the recipe the gains are paired against (default: {REFERENCE})")
     parser.add_argument("--runs", default="runs/recipes")
     parser.add_argument("--to", default="benchmarks/results/recipes",
                         help="publish: where the copies go (cost-worker: its result file)")

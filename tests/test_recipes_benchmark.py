@@ -255,6 +255,25 @@ def test_seeds_reads_the_published_reports_and_leaves_out_a_reduced_budget(tmp_p
                    f"{gain:+.1f} | {clean:+.1f} |")
 
 
+def test_seeds_pairs_the_gains_against_the_recipe_named_by_reference(tmp_path, capsys):
+    import shutil
+    published = ROOT / "benchmarks" / "results" / "recipes" / "cifar10_jpeg"
+    for recipe in ("pgd", "pgd5_ema_equal", "pgd5_awp_ema"):
+        shutil.copytree(published / recipe / "seed0", tmp_path / "cifar10_jpeg" / recipe / "seed0")
+    out = _run(capsys, "seeds", "--dataset", "cifar10_jpeg", "--runs", str(tmp_path), "--reference", "pgd5_ema_equal")
+    last = {r: json.loads((tmp_path / "cifar10_jpeg" / r / "seed0" / "eval_last.json").read_text())
+            for r in ("pgd", "pgd5_ema_equal", "pgd5_awp_ema")}
+    assert "gain over pgd5_ema_equal on the same seed" in out
+    assert next(line for line in out.splitlines() if line.startswith("| pgd5_ema_equal |")).endswith(
+        "| reference | reference | reference |")
+    for recipe in ("pgd", "pgd5_awp_ema"):   # PGD-7 itself is now paired against the reference
+        gain = 100 * (last[recipe]["worst_case_accuracy"][0] - last["pgd5_ema_equal"]["worst_case_accuracy"][0])
+        row = next(line for line in out.splitlines() if line.startswith(f"| {recipe} |"))
+        assert f"| {gain:+.1f} ± " in row and row.endswith(
+            f"| {gain:+.1f} | "
+            f"{100 * (last[recipe]['clean_accuracy'] - last['pgd5_ema_equal']['clean_accuracy']):+.1f} |")
+
+
 def test_step_ratio_is_measured_or_borrowed_from_a_recipe_with_the_same_training_step():
     cost = {"ratio_to_pgd": {"pgd": 1.0, "pgd5_ema_long": 0.59, "trades": 1.54}}
     assert bench.step_ratio(cost, "pgd5_ema_long") == 0.59
