@@ -582,8 +582,8 @@ def paired_point_error(robust, reference_robust):
 def seed_summary(results, reference_recipe=REFERENCE):
     """Per recipe, over its seeds: `results` maps recipe -> seed -> (clean, worst case) of its
     last epoch, optionally with a third item, per test point whether it stayed robust. The
-    changes against `reference_recipe` (PGD-7 unless told) are paired, seed by seed (the same seed draws the same
-    initial weights and batches), and averaged only over the seeds both ran. Two errors of the
+    changes against `reference_recipe` (PGD-7 unless told) are paired, seed by seed (the same
+    seed draws the same initial weights and batches), and averaged only over the seeds both ran. Two errors of the
     gain: `gain_error`, the standard error of the mean over seeds (their spread, so training
     noise included; two seeds or more), and `point_errors`, per seed the error from the test
     points alone (`paired_point_error`)."""
