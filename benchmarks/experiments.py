@@ -44,7 +44,7 @@ from gfa_keras import evaluate_robustness, harden  # noqa: E402
 from gfa_keras.architectures import build_architecture  # noqa: E402
 from gfa_keras.atomic_files import write_json  # noqa: E402
 from gfa_keras.training.methods import DEFAULT_PENALTY_WEIGHTS, METHODS as REGISTERED  # noqa: E402
-from gfa_keras.data import load_dataset  # noqa: E402
+from gfa_keras.data import as_tf_dataset, load_dataset  # noqa: E402
 from gfa_keras.evaluation.report import RobustnessReport  # noqa: E402
 
 __all__ = ["METHODS", "SETTINGS", "main"]
@@ -155,9 +155,12 @@ def train(args):
                         command=" ".join(sys.argv))
     targets = targets_for(loss, y, num_classes)
     for epoch in range(progress["epochs_done"], args.epochs):
-        keras.utils.set_random_seed(1000 + epoch)  # the same shuffles whether resumed or not
+        keras.utils.set_random_seed(1000 + epoch)  # the same random starts whether resumed or not
+        # as_tf_dataset: the same shuffles whether resumed or not, and no wait for tf.data's
+        # autotuner when fit returns (up to a minute an epoch with arrays; its docstring).
+        batches = as_tf_dataset(x, targets, BATCH_SIZE, shuffle=True, seed=1000 + epoch)
         start = time.perf_counter()
-        history = model.fit(x, targets, batch_size=BATCH_SIZE, epochs=1, verbose=2)
+        history = model.fit(batches, epochs=1, shuffle=False, verbose=2)
         progress["epoch_seconds"].append(time.perf_counter() - start)
         progress["history"].append({k: float(v[-1]) for k, v in history.history.items()})
         progress["epochs_done"] = epoch + 1

@@ -63,7 +63,7 @@ import numpy as np  # noqa: E402
 from gfa_keras import evaluate_robustness, harden  # noqa: E402
 from gfa_keras.architectures import build_architecture  # noqa: E402
 from gfa_keras.atomic_files import save_model, write_json  # noqa: E402
-from gfa_keras.data import load_dataset  # noqa: E402
+from gfa_keras.data import as_tf_dataset, load_dataset  # noqa: E402
 from gfa_keras.evaluation.report import RobustnessReport  # noqa: E402
 
 __all__ = ["RECIPES", "SETTINGS", "main"]
@@ -241,9 +241,12 @@ def train(args, recipe, seed):
     if len(progress["held_out"]) < progress["epochs_done"]:
         held_out_epoch(progress, model, directory, x_val, y_val, settings["eps"])  # killed before it ran
     for epoch in range(progress["epochs_done"], epochs):
-        keras.utils.set_random_seed(1000 * seed + epoch)  # the same shuffles whether resumed or not
+        keras.utils.set_random_seed(1000 * seed + epoch)  # the same random starts whether resumed or not
+        # as_tf_dataset: the same shuffles whether resumed or not, and no wait for tf.data's
+        # autotuner when fit returns (up to a minute an epoch with arrays; its docstring).
+        batches = as_tf_dataset(x, y, BATCH_SIZE, shuffle=True, seed=1000 * seed + epoch)
         start = time.perf_counter()
-        history = model.fit(x, y, batch_size=BATCH_SIZE, epochs=1, verbose=2 if args.verbose else 0)
+        history = model.fit(batches, epochs=1, shuffle=False, verbose=2 if args.verbose else 0)
         seconds = time.perf_counter() - start
         # The epoch is saved before anything else can fail.
         save_model(model, directory / "model.keras")
@@ -364,7 +367,7 @@ def cmd_cost_worker(args):
         time.sleep(max(0.0, begin - time.time()))
         clock = _StepClock(until=begin + args.seconds)
         while time.time() < clock.until:
-            model.fit(x, y, batch_size=BATCH_SIZE, epochs=1, verbose=0, callbacks=[clock])
+            model.fit(as_tf_dataset(x, y, BATCH_SIZE), epochs=1, shuffle=False, verbose=0, callbacks=[clock])
         total.update(steps=total["steps"] + clock.steps, wall=total["wall"] + clock.wall,
                      cpu=total["cpu"] + clock.cpu)
         write_json(out, total)

@@ -672,6 +672,13 @@ def as_tf_dataset(
 ) -> tf.data.Dataset:
     """Builds a batched, prefetched `tf.data.Dataset` of `(x, y)` or `(x, y, sample_weight)`.
 
+    Use it where `model.fit(x, y)` is called once per epoch (to save, evaluate or resume
+    between epochs): on TF 2.21 the iterator Keras builds from arrays can hold up each
+    `fit` call's return for up to a minute, waiting for tf.data's autotuner to wake up
+    (`benchmarks/fit_return_stall.py` measures it). This pipeline shuffles indices and
+    gathers each batch, with the autotuner off, so a `fit` call returns when its epoch
+    ends; with a different `seed` per epoch, a resumed run sees the same batches.
+
     Args:
         x: Inputs, first axis the examples.
         y: Labels, one per example.
@@ -690,6 +697,9 @@ def as_tf_dataset(
 
     >>> data = load_digits()
     >>> train = as_tf_dataset(*data.train, batch_size=64, shuffle=True)
+    >>> for epoch in range(3):
+    ...     model.fit(as_tf_dataset(*data.train, shuffle=True, seed=epoch), epochs=1,  # doctest: +SKIP
+    ...               shuffle=False)  # the dataset shuffles itself
     """
     batch_size = check_positive_int("batch_size", batch_size)
     arrays = (x, y) if sample_weight is None else (x, y, sample_weight)
@@ -699,7 +709,13 @@ def as_tf_dataset(
             "Expected x, y (and sample_weight) to have one entry per example. "
             f"Received: lengths {lengths}"
         )
-    dataset = tf.data.Dataset.from_tensor_slices(arrays)
+    tensors = tuple(tf.convert_to_tensor(a) for a in arrays)
+    indices = tf.data.Dataset.range(lengths[0])
     if shuffle:
-        dataset = dataset.shuffle(lengths[0], seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        indices = indices.shuffle(lengths[0], seed=seed, reshuffle_each_iteration=True)
+    dataset = indices.batch(batch_size).map(lambda i: tuple(tf.gather(t, i) for t in tensors))
+    # Gathering a batch is cheap: a fixed prefetch keeps up without the autotuner,
+    # whose thread is what holds up the iterator's teardown.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.prefetch(2).with_options(options)

@@ -441,6 +441,16 @@ def test_as_tf_dataset_shuffles_pairs_reproducibly():
     np.testing.assert_array_equal(np.concatenate([batch[1] for batch in same_seed]), ys)
 
 
+def test_as_tf_dataset_epoch_seeds_give_other_orders_and_the_autotuner_is_off():
+    x, y = np.zeros((40, 1), np.float32), np.arange(40, dtype=np.int32)
+    orders = [np.concatenate([b[1] for b in data.as_tf_dataset(x, y, batch_size=16, shuffle=True, seed=epoch)])
+              for epoch in (0, 1, 0)]
+    assert not np.array_equal(orders[0], orders[1])
+    np.testing.assert_array_equal(orders[0], orders[2])  # a resumed run replays epoch 0's batches
+    # The autotuner's thread is what held up each per-epoch fit call's return (see its docstring).
+    assert data.as_tf_dataset(x, y).options().autotune.enabled is False
+
+
 def test_as_tf_dataset_validates_arguments():
     x, y = np.zeros((4, 2), np.float32), np.zeros(3, np.int32)
     with pytest.raises(ValueError, match="lengths \\[4, 3\\]"):
