@@ -105,9 +105,10 @@ RECIPES = {
     "n_fgsm_gradalign": dict(harden=dict(method="n_fgsm_gradalign"), passes="2 + 2 double-backprop"),
     "n_fgsm_gfa": dict(harden=dict(method="n_fgsm_gfa", layers=1), passes="2 + 1 double-backprop"),
     "n_fgsm_awp_ema": dict(harden=dict(method="n_fgsm", awp_gamma=5e-3, ema_momentum=0.999), passes="3"),
-    # whatever `harden(method="recommended")` is today (PGD-5 + EMA, the "pgd5_ema_equal" row at
-    # 15 epochs; PGD-3 + AWP + EMA, until 2026-12-01, is the "pgd3_awp_ema" row)
-    "recommended": dict(harden=dict(method="recommended"), passes="6 (PGD-5)"),
+    # whatever `harden(method="recommended")` is today: PGD-5 + AWP + EMA, the "pgd5_awp_ema" row
+    # (PGD-5 + EMA for 18 epochs, until 2026-12-02, is "pgd5_ema_equal"; PGD-3 + AWP + EMA, until
+    # 2026-12-01, is "pgd3_awp_ema")
+    "recommended": dict(harden=dict(method="recommended"), passes="7 (PGD-5 + AWP)"),
     # PGD-7's wall time spent on more epochs of a cheaper attack: after 15 epochs PGD-7 still
     # underfits its own training points (training accuracy 0.78-0.79 against 0.77 held out), so
     # epochs may buy more than attack steps. `epochs_scale` multiplies the data set's epochs;
@@ -119,7 +120,7 @@ RECIPES = {
     # is 0.75x by gradient passes, and its epochs took 0.79x PGD-7's side by side, so 21 epochs
     # took 1.07x PGD-7's time; "recommended" with these epochs until 2026-12-01).
     "pgd5_ema_long": dict(harden=dict(method="pgd", steps=5, ema_momentum=0.999), passes="6", epochs_scale=1.4),
-    # The same recipe cut to PGD-7's time, the recommended recipe since 2026-12-01: PGD-7 and
+    # The same recipe cut to PGD-7's time, the recommended recipe 2026-12-01 to 12-02: PGD-7 and
     # PGD-5 + EMA trained side by side on Fashion-MNIST (seed 2) took 259 s and 203 s per epoch
     # (median), 0.78x; 18 epochs took 0.93x PGD-7's time (19: 0.975x, inside the noise), and
     # 6 gradient passes a step against PGD-7's 8 make 0.9x.

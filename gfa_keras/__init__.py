@@ -3,7 +3,8 @@ robust they are.
 
 - `harden(model, layers=3)`: layer-wise Gradient-Feature Alignment (and, with
   `method=`, PGD adversarial training, TRADES, DataGrad, the hybrid, GFA + PGD, and
-  "recommended": the benchmark's best stable recipe, PGD-5 training with weight averaging;
+  "recommended": the benchmark's best stable recipe, PGD-5 training with adversarial weight
+  perturbation and weight averaging;
   single-step training: FGSM with random start, N-FGSM, N-FGSM + GradAlign, N-FGSM + GFA).
 - `CatastrophicOverfittingMonitor`, `CollapseGuard`: callbacks that watch training fail.
 - `HardenedModel(base, perturbation=..., regularizers=[...])`: compose your own.

@@ -308,17 +308,20 @@ def test_the_registry_describes_every_method_and_harden_follows_it():
                                                               "fgsm_rs", "n_fgsm", "n_fgsm_gradalign", "n_fgsm_gfa"}
     assert DEFAULT_PENALTY_WEIGHTS == {"gfa": 0.01, "trades": 6.0, "datagrad": 0.01, "hybrid": 0.1, "gfa_pgd": 0.01,
                                        "n_fgsm_gradalign": 0.2, "n_fgsm_gfa": 0.01}
-    # "recommended" is PGD-5 + EMA (PGD-3 + AWP + EMA, its former definition, overfit
-    # catastrophically on one of two seeds).
+    # "recommended" is PGD-5 + AWP + EMA (PGD-5 + EMA until 2026-12-02; PGD-3 + AWP + EMA
+    # before that, until it overfit catastrophically on one of two seeds).
     recommended = harden(linear_model(), method="recommended", eps=EPS)
-    assert recommended.weight_perturbation is None and recommended.ema_momentum == 0.999
+    assert recommended.weight_perturbation.gamma == 5e-3 and recommended.ema_momentum == 0.999
     assert recommended.perturbation.steps == 5 and recommended.perturbation.random_start
     assert recommended.perturbation.step_size == pytest.approx(2.5 * EPS / 5)
     assert RECOMMENDED_DEFAULTS == {"perturbation": "PGD, 5 steps of 2.5 eps / 5, random start",
-                                    "awp_gamma": None, "ema_momentum": 0.999}
-    custom = harden(linear_model(), method="recommended", eps=EPS, steps=5, awp_gamma=5e-3, ema_momentum=0.99)
-    assert custom.perturbation.steps == 5 and custom.weight_perturbation.gamma == 5e-3
+                                    "awp_gamma": 5e-3, "ema_momentum": 0.999}
+    custom = harden(linear_model(), method="recommended", eps=EPS, steps=3, awp_gamma=1e-2, ema_momentum=0.99)
+    assert custom.perturbation.steps == 3 and custom.weight_perturbation.gamma == 1e-2
     assert custom.ema_momentum == 0.99
+    # The former recipe, as the docstring gives it: no AWP.
+    former = harden(linear_model(), method="pgd", steps=5, ema_momentum=0.999, eps=EPS)
+    assert former.weight_perturbation is None and former.perturbation.steps == 5
     with pytest.raises(ValueError, match=r"Unknown method\. Expected one of \[.*'recommended'\]\. Received: method='pdg'"):
         get_method("pdg")
     with pytest.raises(ValueError, match=r"already registered\. Pass overwrite=True.*Received: name='pgd'"):
