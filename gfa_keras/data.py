@@ -709,7 +709,8 @@ def as_tf_dataset(
             "Expected x, y (and sample_weight) to have one entry per example. "
             f"Received: lengths {lengths}"
         )
-    tensors = tuple(tf.convert_to_tensor(a) for a in arrays)
+    with tf.device("/CPU:0"):  # the input pipeline's home, whatever device trains
+        tensors = tuple(tf.convert_to_tensor(a) for a in arrays)
     indices = tf.data.Dataset.range(lengths[0])
     if shuffle:
         indices = indices.shuffle(lengths[0], seed=seed, reshuffle_each_iteration=True)

@@ -26,14 +26,14 @@ costs seven); `step_size` overrides their step, and `steps` does not apply.
 
 Every method also takes `awp_gamma` (adversarial weight perturbation, Wu et al. 2020)
 and `ema_momentum` (an exponential moving average of the weights, batch-norm statistics
-included); both are off by default.
+included); both are off by default, except in "recommended".
 
 "recommended" is the recipe benchmarks/recipes.py has measured to be the most robust at
 PGD-7 training's cost without failing on any seed: PGD-5 with adversarial weight perturbation
 (gamma 5e-3) and weight averaging, trained for the epochs PGD-7 would get (7 gradient passes
 a step against 8; 0.85x PGD-7's epoch time, measured side by side on CIFAR-10). Against PGD-7
 it gained 1.6 AutoAttack points on CIFAR-10 (mean of 5 seeds) and 0.3 on Fashion-MNIST (3).
-Until 2026-12-02 it was PGD-5 + EMA for 1.2x PGD-7's epochs, which this recipe beat by 1.7
+Until 2026-12-02 it was PGD-5 + EMA for 1.2x PGD-7's epochs, which this recipe beat by 1.5
 points on CIFAR-10 and trailed by 0.3 on Fashion-MNIST; before that PGD-3 + AWP + EMA, until it
 and PGD-3 + EMA overfit catastrophically on one of two seeds (docs/RESULTS.md). For the former
 recipe: `harden(model, method="pgd", steps=5, ema_momentum=0.999)`.
@@ -206,7 +206,8 @@ for _spec in (
                description="N-FGSM + GFA at the N-FGSM points"),
     MethodSpec("standard", _wrapper(), None, False, (), description="plain training, for comparison"),
     # What benchmarks/recipes.py measures as the best recipe that is stable on every seed
-    # (docs/RESULTS.md, "Training recipes"); a recipe replaces it only after beating it on two.
+    # (docs/RESULTS.md, "Training recipes"); it changes only on paired gains over several seeds,
+    # by a rule set before the deciding run.
     MethodSpec("recommended", _wrapper(lambda o: _pgd(o, default_steps=5)), None, True, (),
                description="the benchmark's best stable recipe at PGD-7's cost: PGD-5 training with "
                            "adversarial weight perturbation (gamma 5e-3) and weight averaging (EMA 0.999), "
