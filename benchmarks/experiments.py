@@ -155,10 +155,11 @@ def train(args):
                         command=" ".join(sys.argv))
     targets = targets_for(loss, y, num_classes)
     for epoch in range(progress["epochs_done"], args.epochs):
-        keras.utils.set_random_seed(1000 + epoch)  # the same random starts whether resumed or not
-        # as_tf_dataset: the same shuffles whether resumed or not, and no wait for tf.data's
-        # autotuner when fit returns (up to a minute an epoch with arrays; its docstring).
-        batches = as_tf_dataset(x, targets, BATCH_SIZE, shuffle=True, seed=1000 + epoch)
+        epoch_seed = 1000 + epoch  # the same random starts and shuffles whether resumed or not
+        keras.utils.set_random_seed(epoch_seed)
+        # as_tf_dataset: no wait for tf.data's autotuner when fit returns (up to a minute an
+        # epoch with arrays; its docstring).
+        batches = as_tf_dataset(x, targets, BATCH_SIZE, shuffle=True, seed=epoch_seed)
         start = time.perf_counter()
         history = model.fit(batches, epochs=1, shuffle=False, verbose=2)
         progress["epoch_seconds"].append(time.perf_counter() - start)

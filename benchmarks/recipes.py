@@ -242,10 +242,11 @@ def train(args, recipe, seed):
     if len(progress["held_out"]) < progress["epochs_done"]:
         held_out_epoch(progress, model, directory, x_val, y_val, settings["eps"])  # killed before it ran
     for epoch in range(progress["epochs_done"], epochs):
-        keras.utils.set_random_seed(1000 * seed + epoch)  # the same random starts whether resumed or not
-        # as_tf_dataset: the same shuffles whether resumed or not, and no wait for tf.data's
-        # autotuner when fit returns (up to a minute an epoch with arrays; its docstring).
-        batches = as_tf_dataset(x, y, BATCH_SIZE, shuffle=True, seed=1000 * seed + epoch)
+        epoch_seed = 1000 * seed + epoch  # the same random starts and shuffles whether resumed or not
+        keras.utils.set_random_seed(epoch_seed)
+        # as_tf_dataset: no wait for tf.data's autotuner when fit returns (up to a minute an
+        # epoch with arrays; its docstring).
+        batches = as_tf_dataset(x, y, BATCH_SIZE, shuffle=True, seed=epoch_seed)
         start = time.perf_counter()
         history = model.fit(batches, epochs=1, shuffle=False, verbose=2 if args.verbose else 0)
         seconds = time.perf_counter() - start
@@ -358,6 +359,7 @@ def cmd_cost_worker(args):
     recipe, out = args.recipes[0], Path(args.to)
     model = make_model(recipe, args.dataset, x.shape[1:], num_classes, 0, learning_rate(recipe, 10_000))[0]
     model.fit(x[:2 * BATCH_SIZE], y[:2 * BATCH_SIZE], batch_size=BATCH_SIZE, epochs=1, verbose=0)
+    batches = as_tf_dataset(x, y, BATCH_SIZE)  # built once: every fit call below iterates it afresh
     out.with_suffix(".ready").touch()
     total = dict(recipe=recipe, steps=0, wall=0.0, cpu=0.0)
     for round_ in range(args.rounds):
@@ -368,7 +370,7 @@ def cmd_cost_worker(args):
         time.sleep(max(0.0, begin - time.time()))
         clock = _StepClock(until=begin + args.seconds)
         while time.time() < clock.until:
-            model.fit(as_tf_dataset(x, y, BATCH_SIZE), epochs=1, shuffle=False, verbose=0, callbacks=[clock])
+            model.fit(batches, epochs=1, shuffle=False, verbose=0, callbacks=[clock])
         total.update(steps=total["steps"] + clock.steps, wall=total["wall"] + clock.wall,
                      cpu=total["cpu"] + clock.cpu)
         write_json(out, total)

@@ -32,7 +32,7 @@ included); both are off by default, except in "recommended".
 PGD-7 training's cost without failing on any seed: PGD-5 with adversarial weight perturbation
 (gamma 5e-3) and weight averaging, trained for the epochs PGD-7 would get (7 gradient passes
 a step against 8; 0.85x PGD-7's epoch time, measured side by side on CIFAR-10). Against PGD-7
-it gained 1.6 AutoAttack points on CIFAR-10 (mean of 5 seeds) and 0.3 on Fashion-MNIST (3).
+it gained 1.6 AutoAttack points on CIFAR-10 (mean of 5 seeds) and 0.7 on Fashion-MNIST (4).
 Until 2026-12-02 it was PGD-5 + EMA for 1.2x PGD-7's epochs, which this recipe beat by 1.5
 points on CIFAR-10 and trailed by 0.3 on Fashion-MNIST; before that PGD-3 + AWP + EMA, until it
 and PGD-3 + EMA overfit catastrophically on one of two seeds (docs/RESULTS.md). For the former
