@@ -83,26 +83,23 @@ HELD_OUT_STEPS = 10
 
 # recipe -> harden() keyword arguments (eps is added per data set) and the number of
 # forward+backward passes per training step (the attack's steps plus the update's own
-# pass; AWP adds one for the weight ascent; TRADES also runs one extra clean forward).
+# pass; AWP adds one for the weight ascent; TRADES' loss runs the clean and the perturbed
+# batch, two passes, in the update and in AWP's ascent alike).
 RECIPES = {
     "pgd": dict(harden=dict(method="pgd", steps=7), passes="8"),
     "pgd_ema": dict(harden=dict(method="pgd", steps=7, ema_momentum=0.999), passes="8"),
-    "trades": dict(harden=dict(method="trades"), passes="11 + 1 forward"),
-    "trades_ema": dict(harden=dict(method="trades", ema_momentum=0.999), passes="11 + 1 forward"),
+    "trades": dict(harden=dict(method="trades"), passes="12"),
+    "trades_ema": dict(harden=dict(method="trades", ema_momentum=0.999), passes="12"),
     "pgd_awp": dict(harden=dict(method="pgd", steps=7, awp_gamma=5e-3), passes="9"),
     "pgd_awp_ema": dict(harden=dict(method="pgd", steps=7, awp_gamma=5e-3, ema_momentum=0.999), passes="9"),
-    "trades_awp": dict(harden=dict(method="trades", awp_gamma=5e-3), passes="12 + 2 forward"),
+    "trades_awp": dict(harden=dict(method="trades", awp_gamma=5e-3), passes="14"),
     "trades_awp_ema": dict(harden=dict(method="trades", awp_gamma=5e-3, ema_momentum=0.999),
-                           passes="12 + 2 forward"),
+                           passes="14"),
     "pgd5_awp_ema": dict(harden=dict(method="pgd", steps=5, awp_gamma=5e-3, ema_momentum=0.999), passes="7"),
-    # TRADES cut to PGD-7's cost: its loss runs the clean and the perturbed batch through the
-    # model (two passes' work where PGD training does one), and AWP's ascent does the same. The
-    # `cost` table put TRADES-4 + AWP + EMA at 0.94x PGD-7's step time and TRADES-5 + EMA at 0.66x
-    # (2026-12-02, 8 rounds); two more attack steps buy TRADES without AWP a stronger attack.
-    "trades4_awp_ema": dict(harden=dict(method="trades", steps=4, awp_gamma=5e-3, ema_momentum=0.999),
-                            passes="6 + 2 forward"),
-    "trades7_ema": dict(harden=dict(method="trades", steps=7, ema_momentum=0.999),
-                        passes="8 + 1 forward"),
+    # TRADES at the recommended recipe's 7 passes: five KL steps, or three with AWP.
+    "trades5_ema": dict(harden=dict(method="trades", steps=5, ema_momentum=0.999), passes="7"),
+    "trades3_awp_ema": dict(harden=dict(method="trades", steps=3, awp_gamma=5e-3, ema_momentum=0.999),
+                            passes="7"),
     # AWP's extra pass computes weight gradients, dearer than an attack step's input
     # gradient: PGD-3 + AWP is the variant at PGD-7's cost (see the `cost` table).
     "pgd3_awp_ema": dict(harden=dict(method="pgd", steps=3, awp_gamma=5e-3, ema_momentum=0.999), passes="5"),
