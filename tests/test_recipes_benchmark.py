@@ -35,6 +35,15 @@ def test_epochs_scale_multiplies_the_data_sets_epochs():
     assert bench.RECIPES["pgd_double"]["harden"] == bench.RECIPES["pgd"]["harden"]
 
 
+def test_the_full_budget_variant_of_pgd5_awp_stays_inside_pgd7s_gradient_passes():
+    args = type("Args", (), {"epochs": 15})()
+    epochs = bench.recipe_epochs(args, "pgd5_awp_ema_equal")
+    assert epochs == 17
+    assert bench.RECIPES["pgd5_awp_ema_equal"]["harden"] == bench.RECIPES["pgd5_awp_ema"]["harden"]
+    # passes per training image over the run: 7 a step for 17 epochs against PGD-7's 8 for 15
+    assert int(bench.RECIPES["pgd5_awp_ema_equal"]["passes"]) * epochs <= int(bench.RECIPES["pgd"]["passes"]) * 15
+
+
 @pytest.mark.parametrize("recipe", [name for name in bench.RECIPES if name.endswith("_cosine")])
 def test_a_cosine_recipe_is_its_base_recipe_with_the_decay_only(recipe):
     # the schedule's gain is read off a paired comparison, so nothing else may differ
