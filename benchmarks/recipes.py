@@ -632,11 +632,27 @@ def _robust_points(result):
     return result[2] if len(result) > 2 else None
 
 
+def pass_ratio(passes, epochs, reference_passes, reference_epochs):
+    """Gradient passes over a whole run, as a multiple of the reference's: passes a step x epochs
+    (every recipe trains on the same batches). The firm cost measure on a shared machine, where wall
+    times drift by ±30%. None when a pass count is not a plain number (double backpropagation)."""
+    if not (str(passes).isdigit() and str(reference_passes).isdigit()) or not reference_epochs:
+        return None
+    return int(passes) * epochs / (int(reference_passes) * reference_epochs)
+
+
+def _budget_cell(passes, epochs, reference_passes, reference_epochs):
+    """ "7 x 15 (0.88x)": passes a step x epochs, and their product over the reference's."""
+    ratio = pass_ratio(passes, epochs, reference_passes, reference_epochs)
+    return f"{passes} x {epochs:g}" + ("" if ratio is None else f" ({ratio:.2f}x)")
+
+
 def cmd_seeds(args):
-    """The last epochs' evaluations summarized over seeds, in points of accuracy. With
-    --budget autoattack, a report whose budget is not AutoAttack's standard version is left
-    out (and named), so a reduced budget never enters an "AutoAttack" mean."""
-    results = {}
+    """The last epochs' evaluations summarized over seeds, in points of accuracy, with each
+    recipe's gradient passes against the reference's. With --budget autoattack, a report whose
+    budget is not AutoAttack's standard version is left out (and named), so a reduced budget
+    never enters an "AutoAttack" mean."""
+    results, budgets = {}, {}
     for directory, progress in _runs(Path(args.runs) / args.dataset):
         path = directory / f"{report_stem('last', args.budget)}.json"
         if not path.exists():
@@ -647,18 +663,26 @@ def cmd_seeds(args):
             continue
         results.setdefault(progress["recipe"], {})[progress["seed"]] = (
             report.clean_accuracy, report.worst_case_accuracy[0], report.robust_mask(0))
+        budgets.setdefault(progress["recipe"], []).append((progress["passes"], progress["epochs_done"]))
+    reference_passes = RECIPES[args.reference]["passes"]
+    reference_epochs = statistics.median(e for _, e in budgets.get(args.reference, [])) \
+        if args.reference in budgets else args.epochs
     measure = "AutoAttack worst case" if args.budget == "autoattack" else "APGD-CE-100 (screen)"
-    rows = [f"| recipe | seeds | {measure} per seed | mean | spread | clean, mean | "
+    rows = [f"| recipe | seeds | gradient passes a step x epochs (/ {args.reference}'s) | "
+            f"{measure} per seed | mean | spread | clean, mean | "
             f"gain over {args.reference} on the same seed (± its test points' paired error) | "
             "mean paired gain (± its error over seeds) | mean paired clean change |",
-            "|" + "---|" * 9]
+            "|" + "---|" * 10]
     for row in seed_summary(results, args.reference):
         paired = " / ".join(f"{_points(g)}{_plus_minus(row['point_errors'][s])} (seed {s})"
                             for s, g in row["gains"].items()) or "-"
         against = ["reference"] * 3 if row["recipe"] == args.reference else \
             [paired, _points(row["mean_gain"]) + _plus_minus(row["gain_error"]), _points(row["mean_clean_change"])]
         rows.append("| " + " | ".join([
-            row["recipe"], " / ".join(map(str, row["seeds"])), " / ".join(f"{100 * w:.1f}" for w in row["worst"]),
+            row["recipe"], " / ".join(map(str, row["seeds"])),
+            " / ".join(sorted({_budget_cell(passes, epochs, reference_passes, reference_epochs)
+                               for passes, epochs in budgets[row["recipe"]]})),
+            " / ".join(f"{100 * w:.1f}" for w in row["worst"]),
             f"{100 * row['mean']:.1f}", f"{100 * row['spread']:.1f}", f"{100 * row['clean']:.1f}", *against]) + " |")
     print("\n".join(rows))
 

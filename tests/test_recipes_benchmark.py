@@ -111,7 +111,8 @@ def test_train_resumes_evaluates_tabulates_and_publishes(tmp_path, capsys):
     assert f"| {second['held_out'][1]['apgd_ce']:.3f} | - |" in row  # no held-out collapse
     seeds = _run(capsys, "seeds", *common, "--budget", "screen")
     assert "| APGD-CE-100 (screen) per seed |" in seeds
-    assert f"| pgd | 0 | {100 * robust:.1f} | {100 * robust:.1f} | 0.0 | {100 * clean:.1f} | reference |" in seeds
+    assert (f"| pgd | 0 | 8 x 2 (1.00x) | {100 * robust:.1f} | {100 * robust:.1f} | 0.0 | {100 * clean:.1f} "
+            "| reference |") in seeds
 
     _run(capsys, "publish", *common, "--to", str(published))
     copied = sorted(str(p.relative_to(published)) for p in published.rglob("*") if p.is_file())
@@ -250,7 +251,8 @@ def test_seeds_reads_the_published_reports_and_leaves_out_a_reduced_budget(tmp_p
             for r, s in [("pgd", 0), ("pgd", 1), ("pgd5_ema_long", 0)]}
     worst = {key: r["worst_case_accuracy"][0] for key, r in last.items()}
     reference_row = next(line for line in out.splitlines() if line.startswith("| pgd |"))
-    assert reference_row.startswith(f"| pgd | 0 / 1 | {100 * worst['pgd', 0]:.1f} / {100 * worst['pgd', 1]:.1f} |")
+    assert reference_row.startswith(
+        f"| pgd | 0 / 1 | 8 x 15 (1.00x) | {100 * worst['pgd', 0]:.1f} / {100 * worst['pgd', 1]:.1f} |")
     assert reference_row.endswith("| reference | reference | reference |")
     row = next(line for line in out.splitlines() if line.startswith("| pgd5_ema_long |"))
     gain = 100 * (worst["pgd5_ema_long", 0] - worst["pgd", 0])
@@ -258,7 +260,7 @@ def test_seeds_reads_the_published_reports_and_leaves_out_a_reduced_budget(tmp_p
     differences = [int(a is None) - int(b is None)
                    for a, b in zip(last["pgd5_ema_long", 0]["broken_by"][0], last["pgd", 0]["broken_by"][0])]
     error = 100 * np.std(differences, ddof=1) / np.sqrt(len(differences))
-    assert row == (f"| pgd5_ema_long | 0 | {100 * worst['pgd5_ema_long', 0]:.1f} | "
+    assert row == (f"| pgd5_ema_long | 0 | 6 x 21 (1.05x) | {100 * worst['pgd5_ema_long', 0]:.1f} | "
                    f"{100 * worst['pgd5_ema_long', 0]:.1f} | 0.0 | "
                    f"{100 * last['pgd5_ema_long', 0]['clean_accuracy']:.1f} | {gain:+.1f} ± {error:.1f} (seed 0) | "
                    f"{gain:+.1f} | {clean:+.1f} |")
@@ -281,6 +283,15 @@ def test_seeds_pairs_the_gains_against_the_recipe_named_by_reference(tmp_path, c
         assert f"| {gain:+.1f} ± " in row and row.endswith(
             f"| {gain:+.1f} | "
             f"{100 * (last[recipe]['clean_accuracy'] - last['pgd5_ema_equal']['clean_accuracy']):+.1f} |")
+
+
+def test_pass_ratio_counts_passes_a_step_times_epochs_against_the_reference():
+    assert bench.pass_ratio("7", 17, "8", 15) == pytest.approx(119 / 120)  # pgd5_awp_ema_equal
+    assert bench.pass_ratio("12", 15, "8", 15) == pytest.approx(1.5)       # TRADES-10
+    assert bench.pass_ratio("2 + 2 double-backprop", 15, "8", 15) is None  # not a plain count
+    assert bench.pass_ratio("7", 15, "8", 0) is None
+    assert bench._budget_cell("7", 15, "8", 15) == "7 x 15 (0.88x)"
+    assert bench._budget_cell("2 + 1 double-backprop", 15, "8", 15) == "2 + 1 double-backprop x 15"
 
 
 def test_step_ratio_is_measured_or_borrowed_from_a_recipe_with_the_same_training_step():
