@@ -149,6 +149,12 @@ RECIPES = {
 # each is its base recipe plus the decay, so the gain a schedule buys is measured on both sides.
 for _base in ("pgd", "pgd3_ema_long", "pgd5_ema_long"):
     RECIPES[f"{_base}_cosine"] = dict(RECIPES[_base], learning_rate="cosine")
+# The "bag of tricks"' weight decay (5e-4 with SGD at learning rate 0.1: each step shrinks the
+# weights by 5e-5), decoupled as Keras' Adam applies it (a shrink of learning rate x decay), so
+# 0.05 at Adam's 1e-3 gives the same shrink a step; for the reference and the recommended recipe.
+WEIGHT_DECAY = 0.05
+for _base in ("pgd", "pgd5_awp_ema"):
+    RECIPES[f"{_base}_wd"] = dict(RECIPES[_base], weight_decay=WEIGHT_DECAY)
 REFERENCE = "pgd"
 
 
@@ -180,18 +186,19 @@ def learning_rate(recipe, total_steps):
     return LEARNING_RATE
 
 
-def optimizer_description(rate):
-    """How progress.json records `learning_rate`'s result."""
+def optimizer_description(rate, weight_decay=None):
+    """How progress.json records the optimizer: `learning_rate`'s result and any weight decay."""
+    decay = f", weight decay {weight_decay}" if weight_decay else ""
     if isinstance(rate, keras.optimizers.schedules.CosineDecay):
-        return f"Adam(cosine decay from {rate.initial_learning_rate} to 0 over {rate.decay_steps} steps)"
-    return f"Adam({rate})"
+        return f"Adam(cosine decay from {rate.initial_learning_rate} to 0 over {rate.decay_steps} steps{decay})"
+    return f"Adam({rate}{decay})"
 
 
 def make_model(recipe, dataset, input_shape, num_classes, seed, rate):
     options = dict(RECIPES[recipe]["harden"], eps=SETTINGS[dataset]["eps"])
     base = build_architecture("small_cnn", input_shape, num_classes, seed=seed)
     model = harden(base, seed=seed, **options)  # the training noise too: resumed runs repeat it
-    model.compile(optimizer=keras.optimizers.Adam(rate),
+    model.compile(optimizer=keras.optimizers.Adam(rate, weight_decay=RECIPES[recipe].get("weight_decay")),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     return model, options
 
@@ -251,9 +258,9 @@ def train(args, recipe, seed):
         model, options = make_model(recipe, args.dataset, x.shape[1:], num_classes, seed, rate)
         progress = dict(recipe=recipe, seed=seed, harden=options, passes=RECIPES[recipe]["passes"],
                         train_size=len(x), validation_size=len(x_val), batch_size=BATCH_SIZE,
-                        optimizer=optimizer_description(rate), epochs_done=0, epoch_seconds=[],
-                        epoch_finished_at=[], held_out_seconds=[], history=[], held_out=[],
-                        best_epoch=None, command=" ".join(sys.argv))
+                        optimizer=optimizer_description(rate, RECIPES[recipe].get("weight_decay")),
+                        epochs_done=0, epoch_seconds=[], epoch_finished_at=[], held_out_seconds=[], history=[],
+                        held_out=[], best_epoch=None, command=" ".join(sys.argv))
     if len(progress["held_out"]) < progress["epochs_done"]:
         held_out_epoch(progress, model, directory, x_val, y_val, settings["eps"])  # killed before it ran
     for epoch in range(progress["epochs_done"], epochs):
@@ -491,7 +498,7 @@ def step_ratio(cost, recipe):
     """The recipe's step time over PGD-7's (the `cost` table), or None if not
     measured. A training step costs what its `harden` options make it cost (epochs and the
     learning rate change no step), so a recipe not measured itself takes the ratio of a measured
-    recipe with the same options: "pgd_double" PGD-7's 1.0, a "_cosine" recipe its base's."""
+    recipe with the same options: "pgd_double" PGD-7's 1.0, a "_cosine" or "_wd" recipe its base's."""
     ratios = cost.get("ratio_to_pgd", {})
     options = RECIPES.get(recipe, {}).get("harden")  # None for a run of a recipe since removed
     if recipe in ratios or options is None:

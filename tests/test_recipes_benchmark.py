@@ -53,6 +53,28 @@ def test_a_cosine_recipe_is_its_base_recipe_with_the_decay_only(recipe):
     assert cosine == base
 
 
+@pytest.mark.parametrize("recipe", [name for name in bench.RECIPES if name.endswith("_wd")])
+def test_a_weight_decay_recipe_is_its_base_recipe_with_the_decay_only(recipe):
+    decayed = dict(bench.RECIPES[recipe])
+    assert decayed.pop("weight_decay") == bench.WEIGHT_DECAY
+    assert decayed == bench.RECIPES[recipe.removesuffix("_wd")]
+
+
+def test_a_weight_decay_recipe_trains_with_the_decay_and_keeps_it_when_resumed(tmp_path, capsys):
+    import keras
+    common = ["--dataset", "digits", "--recipes", "pgd_wd", "--seeds", "0", "--runs", str(tmp_path),
+              "--train-size", "256", "--verbose", "0", "--epochs"]
+    directory = tmp_path / "digits" / "pgd_wd" / "seed0"
+    _run(capsys, "train", *common, "1")
+    progress = json.loads((directory / "progress.json").read_text())
+    assert progress["optimizer"] == "Adam(0.001, weight decay 0.05)"
+    _run(capsys, "train", *common, "2")  # resumed from model.keras
+    assert json.loads((directory / "progress.json").read_text())["epochs_done"] == 2
+    optimizer = keras.models.load_model(directory / "model.keras").optimizer
+    assert optimizer.weight_decay == pytest.approx(0.05) and int(optimizer.iterations) == 4
+    assert bench.optimizer_description(1e-3) == "Adam(0.001)"
+
+
 def test_balanced_subset_keeps_the_first_points_of_each_class_in_file_order():
     y = np.array([2, 0, 1, 0, 2, 1, 1, 0, 2, 2])
     x = np.arange(len(y)) * 10
@@ -300,6 +322,7 @@ def test_step_ratio_is_measured_or_borrowed_from_a_recipe_with_the_same_training
     assert bench.step_ratio(cost, "pgd_double") == 1.0  # PGD-7's step, for twice the epochs
     assert bench.step_ratio(cost, "pgd_cosine") == 1.0  # a learning rate changes no step's cost
     assert bench.step_ratio(cost, "pgd5_ema_long_cosine") == 0.59
+    assert bench.step_ratio(cost, "pgd_wd") == 1.0  # nor does the optimizer's weight decay
     assert bench.step_ratio(cost, "pgd_ema") is None  # EMA is another step: measured or nothing
     assert bench.step_ratio({}, "pgd_double") is None
     assert bench.step_ratio(cost, "a_recipe_since_removed") is None
