@@ -258,7 +258,7 @@ def train(args, recipe, seed):
         model, options = make_model(recipe, args.dataset, x.shape[1:], num_classes, seed, rate)
         progress = dict(recipe=recipe, seed=seed, harden=options, passes=RECIPES[recipe]["passes"],
                         train_size=len(x), validation_size=len(x_val), batch_size=BATCH_SIZE,
-                        optimizer=optimizer_description(rate, RECIPES[recipe].get("weight_decay")),
+                        optimizer=optimizer_description(rate, model.optimizer.weight_decay),
                         epochs_done=0, epoch_seconds=[], epoch_finished_at=[], held_out_seconds=[], history=[],
                         held_out=[], best_epoch=None, command=" ".join(sys.argv))
     if len(progress["held_out"]) < progress["epochs_done"]:
