@@ -60,6 +60,25 @@ def test_a_weight_decay_recipe_is_its_base_recipe_with_the_decay_only(recipe):
     assert decayed == bench.RECIPES[recipe.removesuffix("_wd")]
 
 
+@pytest.mark.parametrize("recipe", [name for name in bench.RECIPES if name.endswith("_lr2")])
+def test_a_doubled_rate_recipe_is_its_base_recipe_with_twice_the_rate_only(recipe):
+    doubled = dict(bench.RECIPES[recipe])
+    assert doubled.pop("learning_rate") == 2 * bench.LEARNING_RATE
+    assert doubled == bench.RECIPES[recipe.removesuffix("_lr2")]
+
+
+def test_a_doubled_rate_recipe_trains_at_that_rate_and_keeps_it_when_resumed(tmp_path, capsys):
+    import keras
+    common = ["--dataset", "digits", "--recipes", "pgd_lr2", "--seeds", "0", "--runs", str(tmp_path),
+              "--train-size", "256", "--verbose", "0", "--epochs"]
+    directory = tmp_path / "digits" / "pgd_lr2" / "seed0"
+    _run(capsys, "train", *common, "1")
+    assert json.loads((directory / "progress.json").read_text())["optimizer"] == "Adam(0.002)"
+    _run(capsys, "train", *common, "2")  # resumed from model.keras
+    optimizer = keras.models.load_model(directory / "model.keras").optimizer
+    assert float(optimizer.learning_rate) == pytest.approx(2e-3) and int(optimizer.iterations) == 4
+
+
 def test_a_weight_decay_recipe_trains_with_the_decay_and_keeps_it_when_resumed(tmp_path, capsys):
     import keras
     common = ["--dataset", "digits", "--recipes", "pgd_wd", "--seeds", "0", "--runs", str(tmp_path),
@@ -323,6 +342,7 @@ def test_step_ratio_is_measured_or_borrowed_from_a_recipe_with_the_same_training
     assert bench.step_ratio(cost, "pgd_cosine") == 1.0  # a learning rate changes no step's cost
     assert bench.step_ratio(cost, "pgd5_ema_long_cosine") == 0.59
     assert bench.step_ratio(cost, "pgd_wd") == 1.0  # nor does the optimizer's weight decay
+    assert bench.step_ratio(cost, "pgd_lr2") == 1.0  # nor a constant rate
     assert bench.step_ratio(cost, "pgd_ema") is None  # EMA is another step: measured or nothing
     assert bench.step_ratio({}, "pgd_double") is None
     assert bench.step_ratio(cost, "a_recipe_since_removed") is None
