@@ -44,53 +44,34 @@ def test_the_full_budget_variant_of_pgd5_awp_stays_inside_pgd7s_gradient_passes(
     assert int(bench.RECIPES["pgd5_awp_ema_equal"]["passes"]) * epochs <= int(bench.RECIPES["pgd"]["passes"]) * 15
 
 
-@pytest.mark.parametrize("recipe", [name for name in bench.RECIPES if name.endswith("_cosine")])
-def test_a_cosine_recipe_is_its_base_recipe_with_the_decay_only(recipe):
-    # the schedule's gain is read off a paired comparison, so nothing else may differ
-    base = bench.RECIPES[recipe.removesuffix("_cosine")]
-    cosine = dict(bench.RECIPES[recipe])
-    assert cosine.pop("learning_rate") == "cosine"
-    assert cosine == base
+@pytest.mark.parametrize("suffix, recipe", [(suffix, base + suffix)
+                                            for suffix, (_, bases) in bench.OPTIMIZER_VARIANTS.items()
+                                            for base in bases])
+def test_an_optimizer_variant_is_its_base_recipe_with_its_one_setting_only(suffix, recipe):
+    # the setting's gain is read off a paired comparison, so nothing else may differ
+    expected = {"_cosine": {"learning_rate": "cosine"}, "_wd": {"weight_decay": bench.WEIGHT_DECAY},
+                "_lr2": {"learning_rate": 2 * bench.LEARNING_RATE}}[suffix]
+    variant = dict(bench.RECIPES[recipe])
+    assert {key: variant.pop(key) for key in expected} == expected
+    assert variant == bench.RECIPES[recipe.removesuffix(suffix)]
 
 
-@pytest.mark.parametrize("recipe", [name for name in bench.RECIPES if name.endswith("_wd")])
-def test_a_weight_decay_recipe_is_its_base_recipe_with_the_decay_only(recipe):
-    decayed = dict(bench.RECIPES[recipe])
-    assert decayed.pop("weight_decay") == bench.WEIGHT_DECAY
-    assert decayed == bench.RECIPES[recipe.removesuffix("_wd")]
-
-
-@pytest.mark.parametrize("recipe", [name for name in bench.RECIPES if name.endswith("_lr2")])
-def test_a_doubled_rate_recipe_is_its_base_recipe_with_twice_the_rate_only(recipe):
-    doubled = dict(bench.RECIPES[recipe])
-    assert doubled.pop("learning_rate") == 2 * bench.LEARNING_RATE
-    assert doubled == bench.RECIPES[recipe.removesuffix("_lr2")]
-
-
-def test_a_doubled_rate_recipe_trains_at_that_rate_and_keeps_it_when_resumed(tmp_path, capsys):
+@pytest.mark.parametrize("recipe, description, setting, value", [
+    ("pgd_wd", "Adam(0.001, weight decay 0.05)", "weight_decay", 0.05),
+    ("pgd_lr2", "Adam(0.002)", "learning_rate", 2e-3),
+])
+def test_an_optimizer_variant_trains_with_its_setting_and_keeps_it_when_resumed(
+        tmp_path, capsys, recipe, description, setting, value):
     import keras
-    common = ["--dataset", "digits", "--recipes", "pgd_lr2", "--seeds", "0", "--runs", str(tmp_path),
+    common = ["--dataset", "digits", "--recipes", recipe, "--seeds", "0", "--runs", str(tmp_path),
               "--train-size", "256", "--verbose", "0", "--epochs"]
-    directory = tmp_path / "digits" / "pgd_lr2" / "seed0"
+    directory = tmp_path / "digits" / recipe / "seed0"
     _run(capsys, "train", *common, "1")
-    assert json.loads((directory / "progress.json").read_text())["optimizer"] == "Adam(0.002)"
-    _run(capsys, "train", *common, "2")  # resumed from model.keras
-    optimizer = keras.models.load_model(directory / "model.keras").optimizer
-    assert float(optimizer.learning_rate) == pytest.approx(2e-3) and int(optimizer.iterations) == 4
-
-
-def test_a_weight_decay_recipe_trains_with_the_decay_and_keeps_it_when_resumed(tmp_path, capsys):
-    import keras
-    common = ["--dataset", "digits", "--recipes", "pgd_wd", "--seeds", "0", "--runs", str(tmp_path),
-              "--train-size", "256", "--verbose", "0", "--epochs"]
-    directory = tmp_path / "digits" / "pgd_wd" / "seed0"
-    _run(capsys, "train", *common, "1")
-    progress = json.loads((directory / "progress.json").read_text())
-    assert progress["optimizer"] == "Adam(0.001, weight decay 0.05)"
+    assert json.loads((directory / "progress.json").read_text())["optimizer"] == description
     _run(capsys, "train", *common, "2")  # resumed from model.keras
     assert json.loads((directory / "progress.json").read_text())["epochs_done"] == 2
     optimizer = keras.models.load_model(directory / "model.keras").optimizer
-    assert optimizer.weight_decay == pytest.approx(0.05) and int(optimizer.iterations) == 4
+    assert float(getattr(optimizer, setting)) == pytest.approx(value) and int(optimizer.iterations) == 4
     assert bench.optimizer_description(1e-3) == "Adam(0.001)"
 
 
