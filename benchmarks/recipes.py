@@ -160,6 +160,10 @@ OPTIMIZER_VARIANTS = {
     # noisier steps. Session 33: the recipe lost 2.7 on CIFAR-10 and gained +0.5 on Fashion-MNIST;
     # PGD-7 gained +2.3 on CIFAR-10 only.
     "_lr2": (dict(learning_rate=2 * LEARNING_RATE), ("pgd", "pgd5_awp_ema")),
+    # Half and three times the rate (session 34): where each method's best constant rate lies on
+    # CIFAR-10, so that the reference is compared at its best rate as well as at the specified 1e-3.
+    "_lr05": (dict(learning_rate=0.5 * LEARNING_RATE), ("pgd", "pgd5_awp_ema")),
+    "_lr3": (dict(learning_rate=3 * LEARNING_RATE), ("pgd", "pgd5_awp_ema")),
 }
 for _suffix, (_setting, _bases) in OPTIMIZER_VARIANTS.items():
     for _base in _bases:

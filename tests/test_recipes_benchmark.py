@@ -50,7 +50,9 @@ def test_the_full_budget_variant_of_pgd5_awp_stays_inside_pgd7s_gradient_passes(
 def test_an_optimizer_variant_is_its_base_recipe_with_its_one_setting_only(suffix, recipe):
     # the setting's gain is read off a paired comparison, so nothing else may differ
     expected = {"_cosine": {"learning_rate": "cosine"}, "_wd": {"weight_decay": bench.WEIGHT_DECAY},
-                "_lr2": {"learning_rate": 2 * bench.LEARNING_RATE}}[suffix]
+                "_lr2": {"learning_rate": 2 * bench.LEARNING_RATE},
+                "_lr05": {"learning_rate": 0.5 * bench.LEARNING_RATE},
+                "_lr3": {"learning_rate": 3 * bench.LEARNING_RATE}}[suffix]
     variant = dict(bench.RECIPES[recipe])
     assert {key: variant.pop(key) for key in expected} == expected
     assert variant == bench.RECIPES[recipe.removesuffix(suffix)]
