@@ -158,7 +158,7 @@ OPTIMIZER_VARIANTS = {
     # Twice Adam's rate, constant: the small CNNs are short of optimization (Fashion-MNIST's held-out
     # accuracy still rises at epoch 15, and a decay to 0 cost PGD-7 2.5 points), and EMA averages the
     # noisier steps. Session 33: the recipe lost 2.7 on CIFAR-10 and gained +0.5 on Fashion-MNIST;
-    # PGD-7 gained +2.3 on CIFAR-10 only.
+    # PGD-7 gained +2.3 on CIFAR-10 only (two seeds; +0.7 over five, session 34).
     "_lr2": (dict(learning_rate=2 * LEARNING_RATE), ("pgd", "pgd5_awp_ema")),
     # Half and three times the rate (session 34): where each method's best constant rate lies on
     # CIFAR-10, so that the reference is compared at its best rate as well as at the specified 1e-3.
