@@ -23,6 +23,7 @@ Commands (one per table; rerunning any of them resumes where it stopped):
     python benchmarks/recipes.py cost --dataset fashion_mnist
     python benchmarks/recipes.py table --dataset fashion_mnist
     python benchmarks/recipes.py curves --dataset fashion_mnist   # held-out accuracy per epoch
+                                                                  # (--plot curves.png: against training's)
     python benchmarks/recipes.py seeds --dataset fashion_mnist    # mean, spread, paired gain over seeds
     python benchmarks/recipes.py seeds --dataset fashion_mnist --reference pgd5_ema_equal  # gains over another recipe
     python benchmarks/recipes.py publish --dataset fashion_mnist  # JSON summaries into the repo (all runs,
@@ -720,10 +721,14 @@ def cmd_curves(args):
     root = Path(args.runs) / args.dataset
     cost = read_json(root / "cost.json", {})
     reference_epochs = _reference_epochs(_references(root), args.epochs)
+    curves, train_sizes = {}, set()
     for _, progress in _runs(root):
         recipe, held = progress["recipe"], [h["apgd_ce"] for h in progress["held_out"]]
         if not held:
             continue
+        train_sizes.add(progress["train_size"])
+        curves[f"{recipe} seed{progress['seed']}"] = {
+            "accuracy": [h["accuracy"] for h in progress["history"]][:len(held)], "val_robust_accuracy": held}
         spent = _training_time(step_ratio(cost, recipe), len(held), reference_epochs)
         spent = "-" if spent is None else f"{spent:.2f}x"
         best = max(range(len(held)), key=held.__getitem__)
@@ -731,6 +736,13 @@ def cmd_curves(args):
         print(f"{recipe:<18} seed{progress['seed']} epochs {len(held):>2} (time {spent}) best "
               f"{held[best]:.3f} at {best + 1}" + ("" if collapsed is None else f", collapsed at {collapsed}")
               + ": " + " ".join(f"{a:.3f}" for a in held), flush=True)
+    if args.plot and curves:
+        from gfa_keras.reports.plots import plot_robust_overfitting
+
+        images = " or ".join(f"{n:,}" for n in sorted(train_sizes))
+        plot_robust_overfitting(curves, args.plot, title=f"{args.dataset}, {images} training images: "
+                                                         f"held-out APGD-CE-{HELD_OUT_STEPS}")
+        print(f"wrote {args.plot}", flush=True)
 
 
 def cmd_publish(args):
@@ -782,6 +794,8 @@ def main(argv=None):
     parser.add_argument("--reference", default=REFERENCE, choices=list(RECIPES),
                         help=f"seeds: the recipe the gains are paired against (default: {REFERENCE})")
     parser.add_argument("--runs", default="runs/recipes")
+    parser.add_argument("--plot", default=None,
+                        help="curves: also draw training vs held-out robust accuracy per epoch into this PNG")
     parser.add_argument("--to", default="benchmarks/results/recipes",
                         help="publish: where the copies go (cost-worker: its result file)")
     parser.add_argument("--verbose", type=int, default=1)

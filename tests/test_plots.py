@@ -53,6 +53,37 @@ def test_alignment_has_one_curve_per_logged_alignment_metric():
     assert curves[1].get_linestyle() == "--" and curves[1].get_color() == curves[0].get_color()
 
 
+def test_robust_overfitting_pairs_each_runs_curves_and_marks_its_best_held_out_epoch(tmp_path):
+    runs = {"pgd": {"accuracy": [0.3, 0.6, 0.8, 0.9], "val_robust_accuracy": [0.3, 0.55, 0.5, 0.45]},
+            "awp": {"accuracy": [0.3, 0.5, 0.6, 0.7], "val_robust_accuracy": [0.3, 0.5, 0.52, 0.56]}}
+    fig = plots.plot_robust_overfitting(runs, tmp_path / "gap.png")
+    lines = fig.axes[0].get_lines()
+    assert [line.get_label() for line in lines] == [
+        "pgd: training (attacked batches)", "pgd: held-out robust", "pgd: best held-out (epoch 2)",
+        "awp: training (attacked batches)", "awp: held-out robust", "awp: best held-out (epoch 4)"]
+    np.testing.assert_allclose(lines[0].get_ydata(), [0.3, 0.6, 0.8, 0.9])
+    np.testing.assert_allclose(lines[4].get_ydata(), [0.3, 0.5, 0.52, 0.56])
+    np.testing.assert_allclose([lines[2].get_xdata()[0], lines[2].get_ydata()[0]], [2, 0.55])
+    np.testing.assert_allclose([lines[5].get_xdata()[0], lines[5].get_ydata()[0]], [4, 0.56])
+    assert lines[1].get_linestyle() == "--" and lines[1].get_color() == lines[0].get_color() != lines[3].get_color()
+    assert (tmp_path / "gap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_robust_overfitting_takes_one_history_and_custom_metric_names():
+    history = {"loss": [1.0, 0.8], "acc": [0.4, 0.6], "val_pgd": [0.2, 0.3]}
+    lines = plots.plot_robust_overfitting(history, train_key="acc", held_out_key="val_pgd").axes[0].get_lines()
+    assert [line.get_label() for line in lines] == [
+        "training (attacked batches)", "held-out robust", "best held-out (epoch 2)"]
+    np.testing.assert_allclose(lines[1].get_ydata(), [0.2, 0.3])
+
+
+def test_robust_overfitting_without_the_held_out_metric_says_which_metrics_it_got():
+    with pytest.raises(ValueError, match=r"'model' lacks \['val_robust_accuracy'\].*\['accuracy', 'loss'\]"):
+        plots.plot_robust_overfitting({"loss": [1.0], "accuracy": [0.5]})
+    with pytest.raises(ValueError, match="at least one history"):
+        plots.plot_robust_overfitting({})
+
+
 def test_alignment_without_gfa_metrics_says_which_metrics_it_got():
     with pytest.raises(ValueError, match=r"only models trained with GFA.*\['accuracy', 'loss'\]"):
         plots.plot_alignment({"loss": [1.0], "accuracy": [0.5]})

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gfa_keras.reports import plots
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "recipes.py"
 
@@ -101,7 +103,7 @@ def _run(capsys, *argv):
     return capsys.readouterr().out
 
 
-def test_train_resumes_evaluates_tabulates_and_publishes(tmp_path, capsys):
+def test_train_resumes_evaluates_tabulates_and_publishes(tmp_path, capsys, monkeypatch):
     runs, published = tmp_path / "runs", tmp_path / "published"
     common = ["--dataset", "digits", "--recipes", "pgd", "--seeds", "0", "--runs", str(runs), "--verbose", "0"]
     _run(capsys, "train", *common, "--epochs", "1")
@@ -147,6 +149,17 @@ def test_train_resumes_evaluates_tabulates_and_publishes(tmp_path, capsys):
     republished = _run(capsys, "table", *common[:-4], "--runs", str(published), "--verbose", "0",
                        "--budget", "screen")
     assert republished == table
+
+    # curves --plot draws each run's training accuracy against its held-out robust accuracy.
+    held = [h["apgd_ce"] for h in second["held_out"]]
+    printed = _run(capsys, "curves", *common, "--plot", str(tmp_path / "curves.png"))
+    assert f"best {max(held):.3f} at {held.index(max(held)) + 1}" in printed
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    drawn = {}
+    monkeypatch.setattr(plots, "plot_robust_overfitting", lambda curves, path, title: drawn.update(curves, title=title))
+    _run(capsys, "curves", *common, "--plot", str(tmp_path / "again.png"))
+    assert drawn["pgd seed0"] == {"accuracy": [h["accuracy"] for h in second["history"]], "val_robust_accuracy": held}
+    assert drawn["title"] == "digits, 1,237 training images: held-out APGD-CE-10"
 
 
 @pytest.mark.parametrize("checkpoints, best_epoch, expected", [

@@ -10,6 +10,7 @@ never on pyplot: no global state, no display needed.
 |---|---|
 | `plot_robust_accuracy` | worst-case robust accuracy against eps, one curve per model |
 | `plot_alignment` | per-layer alignment cos(dL/dh, h) over the epochs, one curve per logged metric |
+| `plot_robust_overfitting` | accuracy on the attacked training batches against held-out robust accuracy, per epoch |
 | `plot_loss_landscape` | the loss along radial and tangential directions, two curves per model |
 | `plot_minimum_norms` | the distribution (ECDF) of minimum perturbation norms, one curve per model and attack |
 | `plot_tuning_trials` | the tuner's trials, clean against robust accuracy, with the Pareto front |
@@ -27,6 +28,7 @@ from matplotlib.ticker import MaxNLocator
 __all__ = [
     "plot_robust_accuracy",
     "plot_alignment",
+    "plot_robust_overfitting",
     "loss_along_directions",
     "plot_loss_landscape",
     "plot_minimum_norms",
@@ -156,6 +158,73 @@ def plot_alignment(history, path: str | os.PathLike | None = None, title: str | 
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return _finish(fig, path)
+
+
+def plot_robust_overfitting(histories, path: str | os.PathLike | None = None, *, train_key: str = "accuracy",
+                            held_out_key: str = "val_robust_accuracy", title: str | None = None) -> Figure:
+    """Plots, per epoch, an adversarially trained model's accuracy on its own attacked training
+    batches (solid) against its robust accuracy on held-out points (dashed, same colour), and
+    marks the best held-out epoch.
+
+    The gap between the two curves is what adversarial weight perturbation, weight averaging and
+    robust early stopping work on (Rice et al. 2020: robust overfitting): a held-out curve that
+    peaks and falls while the training curve climbs is the case where they pay; two curves that
+    rise together (the model is short of capacity or training) leave them little to gain.
+
+    Args:
+        histories: A `keras.callbacks.History` or its `.history` dict, or a mapping name -> either
+            (one pair of curves per name). Fit with the `RobustAccuracy` or `RobustEarlyStopping`
+            callback to log `val_robust_accuracy`.
+        path: If given, the figure is saved there as PNG.
+        train_key: The training metric (for a hardened model, fit's accuracy is measured on the
+            perturbed batches it trains on).
+        held_out_key: The held-out robust accuracy metric.
+        title: The axes title; default "Training vs held-out robust accuracy".
+
+    Returns:
+        The `Figure` (per history: the training line, the held-out line, the best-epoch marker).
+
+    Raises:
+        ValueError: For no histories, or a history without either metric (naming the metrics it has).
+
+    Example:
+
+    ```python
+    history = model.fit(x, y, epochs=30, callbacks=[RobustAccuracy((x_val, y_val), eps=0.1)])
+    plot_robust_overfitting(history, "overfitting.png")
+    ```
+    """
+    named = dict(histories) if isinstance(histories, Mapping) and not _is_history(histories) else {"model": histories}
+    if not named:
+        raise ValueError("Expected at least one history. Received: an empty mapping")
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.add_subplot()
+    for color, (name, history) in zip(_colors(len(named)), named.items()):
+        logs = getattr(history, "history", history)
+        missing = [key for key in (train_key, held_out_key) if key not in logs]
+        if missing:
+            raise ValueError(
+                f"The history {name!r} lacks {missing}; the held-out one is logged by the RobustAccuracy "
+                f"callback. Received metrics: {sorted(logs)}"
+            )
+        prefix = "" if len(named) == 1 and name == "model" else f"{name}: "
+        ax.plot(*_per_epoch(logs[train_key]), color=color, label=f"{prefix}training (attacked batches)")
+        epochs, held_out = _per_epoch(logs[held_out_key])
+        ax.plot(epochs, held_out, color=color, linestyle="--", label=f"{prefix}held-out robust")
+        if not np.all(np.isnan(held_out)):
+            best = int(np.nanargmax(held_out))
+            ax.plot([epochs[best]], [held_out[best]], color=color, marker="o", linestyle="none",
+                    label=f"{prefix}best held-out (epoch {epochs[best]})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="epoch", ylabel="accuracy", title=title or "Training vs held-out robust accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return _finish(fig, path)
+
+
+def _is_history(value):
+    """A history dict (metric -> list of per-epoch values) rather than a mapping of histories."""
+    return all(isinstance(v, (list, tuple, np.ndarray)) for v in value.values()) and bool(value)
 
 
 def _per_epoch(values):
