@@ -716,15 +716,17 @@ def _plus_minus(error):
 
 
 def cmd_curves(args):
-    """Held-out APGD-CE-10 accuracy after every epoch of every run, and its training time so far
-    in PGD-7 training times (the `cost` step ratio x epochs / the reference's epochs)."""
+    """Held-out APGD-CE-10 accuracy after every epoch of every run (or of those --recipes and
+    --seeds name), and its training time so far in PGD-7 training times (the `cost` step ratio x
+    epochs / the reference's epochs)."""
     root = Path(args.runs) / args.dataset
     cost = read_json(root / "cost.json", {})
     reference_epochs = _reference_epochs(_references(root), args.epochs)
     curves, train_sizes = {}, set()
     for _, progress in _runs(root):
         recipe, held = progress["recipe"], [h["apgd_ce"] for h in progress["held_out"]]
-        if not held:
+        named = (not args.recipes or recipe in args.recipes) and (not args.seeds or progress["seed"] in args.seeds)
+        if not held or not named:
             continue
         train_sizes.add(progress["train_size"])
         curves[f"{recipe} seed{progress['seed']}"] = {
@@ -774,8 +776,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=list(COMMANDS))
     parser.add_argument("--dataset", default="fashion_mnist", choices=sorted(SETTINGS))
-    parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), help=f"default: {REFERENCE} (publish: all)")
-    parser.add_argument("--seeds", nargs="+", type=int, help="default: 0 (publish: all)")
+    parser.add_argument("--recipes", nargs="+", choices=list(RECIPES),
+                        help=f"default: {REFERENCE} (publish, curves: all)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="default: 0 (publish, curves: all)")
     parser.add_argument("--epochs", type=int, default=None, help="default: 15 (digits: 2)")
     parser.add_argument("--train-size", type=int, default=None,
                         help="default: all training images but the validation ones (CIFAR-10: 20,000)")
@@ -800,7 +803,7 @@ def main(argv=None):
                         help="publish: where the copies go (cost-worker: its result file)")
     parser.add_argument("--verbose", type=int, default=1)
     args = parser.parse_args(argv)
-    if args.command != "publish":
+    if args.command not in ("publish", "curves"):
         args.recipes, args.seeds = args.recipes or [REFERENCE], args.seeds or [0]
     args.epochs = args.epochs or SETTINGS[args.dataset]["epochs"]
     args.test_points = args.test_points or SETTINGS[args.dataset]["test_points"]
