@@ -53,7 +53,7 @@ def _as_dict(report) -> dict:
 
 def _as_named(items, what) -> dict:
     """A mapping name -> item, or a single item under the name "model"."""
-    if isinstance(items, Mapping) and not ("worst_case_accuracy" in items or "radial" in items):
+    if isinstance(items, Mapping) and not ("worst_case_accuracy" in items or "radial" in items or _is_history(items)):
         named = dict(items)
     else:
         named = {"model": items}
@@ -194,9 +194,7 @@ def plot_robust_overfitting(histories, path: str | os.PathLike | None = None, *,
     plot_robust_overfitting(history, "overfitting.png")
     ```
     """
-    named = dict(histories) if isinstance(histories, Mapping) and not _is_history(histories) else {"model": histories}
-    if not named:
-        raise ValueError("Expected at least one history. Received: an empty mapping")
+    named = _as_named(histories, "history")
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.add_subplot()
     for color, (name, history) in zip(_colors(len(named)), named.items()):
