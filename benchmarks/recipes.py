@@ -26,6 +26,7 @@ Commands (one per table; rerunning any of them resumes where it stopped):
                                                                   # (--plot curves.png: against training's)
     python benchmarks/recipes.py seeds --dataset fashion_mnist    # mean, spread, paired gain over seeds
     python benchmarks/recipes.py seeds --dataset fashion_mnist --reference pgd5_ema_equal  # gains over another recipe
+    python benchmarks/recipes.py seeds --dataset fashion_mnist --reference pgd+es  # early-stopped rows, paired
     python benchmarks/recipes.py publish --dataset fashion_mnist  # JSON summaries into the repo (all runs,
                                                                   # or those --recipes/--seeds name)
 
@@ -171,6 +172,7 @@ for _suffix, (_setting, _bases) in OPTIMIZER_VARIANTS.items():
     for _base in _bases:
         RECIPES[_base + _suffix] = dict(RECIPES[_base], **_setting)
 REFERENCE = "pgd"
+EARLY_STOPPED = "+es"  # the label suffix of a run's best held-out epoch
 
 
 def load_splits(dataset: str, train_size: int | None):
@@ -584,7 +586,7 @@ def cmd_table(args):
         reference = references.get(seed)
         together = side_by_side_ratio(progress, reference) if reference else None
         collapsed = collapse_epoch([h["apgd_ce"] for h in progress["held_out"]])
-        for which, label in (("last", recipe), ("best", recipe + "+es")):
+        for which, label in (("last", recipe), ("best", recipe + EARLY_STOPPED)):
             path = directory / f"{report_stem(which, args.budget)}.json"
             report = RobustnessReport.from_json(path) if path.exists() else None
             if which == "best" and report is None:
@@ -672,22 +674,24 @@ def _budget_cell(passes, epochs, reference_passes, reference_epochs):
 
 def cmd_seeds(args):
     """The last epochs' evaluations summarized over seeds, in points of accuracy, with each
-    recipe's gradient passes against the reference's. With --budget autoattack, a report whose
+    recipe's gradient passes against the reference's. With --early-stopped, every recipe also
+    gets a "+es" row, its best held-out epochs (robust early stopping), and `--reference pgd+es`
+    pairs the gains against PGD-7 early-stopped (and implies --early-stopped). With --budget autoattack, a report whose
     budget is not AutoAttack's standard version is left out (and named), so a reduced budget
     never enters an "AutoAttack" mean."""
     results, budgets = {}, {}
+    early_stopped = args.early_stopped or args.reference.endswith(EARLY_STOPPED)
     for directory, progress in _runs(Path(args.runs) / args.dataset):
-        path = directory / f"{report_stem('last', args.budget)}.json"
-        if not path.exists():
-            continue
-        report = RobustnessReport.from_json(path)
-        if args.budget == "autoattack" and not report.standard:
-            print(f"left out: {path} ({report.budget_summary()})")
-            continue
-        results.setdefault(progress["recipe"], {})[progress["seed"]] = (
-            report.clean_accuracy, report.worst_case_accuracy[0], report.robust_mask(0))
-        budgets.setdefault(progress["recipe"], []).append((progress["passes"], progress["epochs_done"]))
-    reference_passes = RECIPES[args.reference]["passes"]
+        for label, path in _seed_reports(directory, progress, args.budget, early_stopped):
+            report = RobustnessReport.from_json(path)
+            if args.budget == "autoattack" and not report.standard:
+                print(f"left out: {path} ({report.budget_summary()})")
+                continue
+            results.setdefault(label, {})[progress["seed"]] = (
+                report.clean_accuracy, report.worst_case_accuracy[0], report.robust_mask(0))
+            # early stopping picks its epoch after training them all: the cost is the whole run's
+            budgets.setdefault(label, []).append((progress["passes"], progress["epochs_done"]))
+    reference_passes = RECIPES[args.reference.removesuffix(EARLY_STOPPED)]["passes"]
     reference_epochs = statistics.median(e for _, e in budgets.get(args.reference, [])) \
         if args.reference in budgets else args.epochs
     measure = "AutoAttack worst case" if args.budget == "autoattack" else "APGD-CE-100 (screen)"
@@ -708,6 +712,19 @@ def cmd_seeds(args):
             " / ".join(f"{100 * w:.1f}" for w in row["worst"]),
             f"{100 * row['mean']:.1f}", f"{100 * row['spread']:.1f}", f"{100 * row['clean']:.1f}", *against]) + " |")
     print("\n".join(rows))
+
+
+def _seed_reports(directory, progress, budget, early_stopped):
+    """(label, report path) of one run's evaluations that `seeds` summarizes: its last epoch as
+    the recipe's name, and with `early_stopped` its best held-out epoch as "<recipe>+es", which is
+    the last epoch's report when the best epoch is the last. A report not written yet is skipped."""
+    recipe, last = progress["recipe"], directory / f"{report_stem('last', budget)}.json"
+    candidates = [(recipe, last)]
+    if early_stopped:
+        best_is_last = progress.get("best_epoch") == progress["epochs_done"]
+        candidates.append((recipe + EARLY_STOPPED,
+                           last if best_is_last else directory / f"{report_stem('best', budget)}.json"))
+    return [(label, path) for label, path in candidates if path.exists()]
 
 
 def _plus_minus(error):
@@ -794,8 +811,11 @@ def main(argv=None):
     parser.add_argument("--checkpoints", nargs="+", choices=["last", "best"], default=["last", "best"],
                         help="run, evaluate: which saved models to attack (default: both; best only if it "
                              "is another epoch)")
-    parser.add_argument("--reference", default=REFERENCE, choices=list(RECIPES),
-                        help=f"seeds: the recipe the gains are paired against (default: {REFERENCE})")
+    parser.add_argument("--reference", default=REFERENCE, choices=[*RECIPES, *(r + EARLY_STOPPED for r in RECIPES)],
+                        help=f"seeds: the recipe the gains are paired against (default: {REFERENCE}; "
+                             f"{REFERENCE}{EARLY_STOPPED}: its best held-out epochs, with --early-stopped)")
+    parser.add_argument("--early-stopped", action="store_true",
+                        help="seeds: also summarize each recipe's best held-out epochs, as <recipe>+es rows")
     parser.add_argument("--runs", default="runs/recipes")
     parser.add_argument("--plot", default=None,
                         help="curves: also draw training vs held-out robust accuracy per epoch into this PNG")

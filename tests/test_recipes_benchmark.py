@@ -324,6 +324,40 @@ def test_seeds_pairs_the_gains_against_the_recipe_named_by_reference(tmp_path, c
             f"{100 * (last[recipe]['clean_accuracy'] - last['pgd5_ema_equal']['clean_accuracy']):+.1f} |")
 
 
+def test_seeds_early_stopped_pairs_best_held_out_epochs_and_skips_those_not_attacked(tmp_path, capsys):
+    import shutil
+    published = ROOT / "benchmarks" / "results" / "recipes" / "fashion_mnist"
+    for recipe in ("pgd", "pgd5_awp_ema"):
+        for seed in (0, 1, 2):
+            shutil.copytree(published / recipe / f"seed{seed}", tmp_path / "fashion_mnist" / recipe / f"seed{seed}")
+
+    def report(recipe, seed):
+        """What early stopping returned: the best epoch's report, the last's if that was the best."""
+        run = tmp_path / "fashion_mnist" / recipe / f"seed{seed}"
+        progress = json.loads((run / "progress.json").read_text())
+        which = "last" if progress["best_epoch"] == progress["epochs_done"] else "best"
+        path = run / f"eval_{which}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    # PGD-7 seed 0's best epoch (9 of 15) was never attacked; the recipe's best epochs are its last
+    assert report("pgd", 0) is None and all(report("pgd", s) for s in (1, 2))
+    out = _run(capsys, "seeds", "--dataset", "fashion_mnist", "--runs", str(tmp_path), "--reference", "pgd+es")
+    rows = {line.split(" | ")[0][2:]: line for line in out.splitlines() if line.startswith("| pgd")}
+    assert set(rows) == {"pgd", "pgd+es", "pgd5_awp_ema", "pgd5_awp_ema+es"}
+    assert "gain over pgd+es on the same seed" in out
+    assert rows["pgd+es"].endswith("| reference | reference | reference |")
+    best = {s: report("pgd", s)["worst_case_accuracy"][0] for s in (1, 2)}
+    assert rows["pgd+es"].startswith(f"| pgd+es | 1 / 2 | 8 x 15 (1.00x) | {100 * best[1]:.1f} / {100 * best[2]:.1f} |")
+    recipe = {s: report("pgd5_awp_ema", s)["worst_case_accuracy"][0] for s in (0, 1, 2)}
+    gains = [100 * (recipe[s] - best[s]) for s in (1, 2)]
+    row = rows["pgd5_awp_ema+es"]
+    assert row.startswith("| pgd5_awp_ema+es | 0 / 1 / 2 | 7 x 15 (0.88x) | ")
+    assert f"| {gains[0]:+.1f} ± " in row and f" (seed 1) / {gains[1]:+.1f} ± " in row
+    assert f"| {np.mean(gains):+.1f} ± {np.std(gains, ddof=1) / np.sqrt(2):.1f} | " in row
+    without = _run(capsys, "seeds", "--dataset", "fashion_mnist", "--runs", str(tmp_path))
+    assert "+es |" not in without   # last epochs only unless asked
+
+
 def test_pass_ratio_counts_passes_a_step_times_epochs_against_the_reference():
     assert bench.pass_ratio("7", 17, "8", 15) == pytest.approx(119 / 120)  # pgd5_awp_ema_equal
     assert bench.pass_ratio("12", 15, "8", 15) == pytest.approx(1.5)       # TRADES-10
