@@ -675,10 +675,10 @@ def _budget_cell(passes, epochs, reference_passes, reference_epochs):
 def cmd_seeds(args):
     """The last epochs' evaluations summarized over seeds, in points of accuracy, with each
     recipe's gradient passes against the reference's. With --early-stopped, every recipe also
-    gets a "+es" row, its best held-out epochs (robust early stopping), and `--reference pgd+es`
-    pairs the gains against PGD-7 early-stopped (and implies --early-stopped). With --budget autoattack, a report whose
-    budget is not AutoAttack's standard version is left out (and named), so a reduced budget
-    never enters an "AutoAttack" mean."""
+    gets a "+es" row, its best held-out epochs (robust early stopping); `--reference pgd+es`
+    implies it and pairs the gains against PGD-7 early-stopped. With --budget autoattack, a
+    report whose budget is not AutoAttack's standard version is left out (and named), so a
+    reduced budget never enters an "AutoAttack" mean."""
     results, budgets = {}, {}
     early_stopped = args.early_stopped or args.reference.endswith(EARLY_STOPPED)
     for directory, progress in _runs(Path(args.runs) / args.dataset):
@@ -813,7 +813,7 @@ def main(argv=None):
                              "is another epoch)")
     parser.add_argument("--reference", default=REFERENCE, choices=[*RECIPES, *(r + EARLY_STOPPED for r in RECIPES)],
                         help=f"seeds: the recipe the gains are paired against (default: {REFERENCE}; "
-                             f"{REFERENCE}{EARLY_STOPPED}: its best held-out epochs, with --early-stopped)")
+                             f"{REFERENCE}{EARLY_STOPPED}: its best held-out epochs; implies --early-stopped)")
     parser.add_argument("--early-stopped", action="store_true",
                         help="seeds: also summarize each recipe's best held-out epochs, as <recipe>+es rows")
     parser.add_argument("--runs", default="runs/recipes")
