@@ -1,10 +1,10 @@
 """Training recipes against the library's PGD-7 adversarial training (issue 13).
 
-Every recipe trains the same small CNN (`gfa_keras.architectures`, "small_cnn") with the
-same optimizer, batch, data and seed, and is evaluated the same way: clean accuracy and
-the AutoAttack-standard cascade with the FULL budget (APGD-CE, APGD-T, FAB-T 100 steps
-each, Square 5,000 queries) as a per-example worst case on 1,000 class-balanced test
-points, with the gradient-masking checks.
+Every recipe trains the same small CNN (`gfa_keras.architectures`, "small_cnn"; --architecture
+names another, for a runs directory of its own) with the same optimizer, batch, data and
+seed, and is evaluated the same way: clean accuracy and the AutoAttack-standard cascade with
+the FULL budget (APGD-CE, APGD-T, FAB-T 100 steps each, Square 5,000 queries) as a
+per-example worst case on 1,000 class-balanced test points, with the gradient-masking checks.
 
 Everything resumes after a kill and writes under a runs directory outside the repository
 (default runs/recipes under the current directory), one directory per (data set, recipe, seed):
@@ -63,7 +63,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from gfa_keras import evaluate_robustness, harden  # noqa: E402
-from gfa_keras.architectures import build_architecture  # noqa: E402
+from gfa_keras.architectures import ARCHITECTURES, build_architecture  # noqa: E402
 from gfa_keras.atomic_files import save_model, write_json  # noqa: E402
 from gfa_keras.data import as_tf_dataset, load_dataset  # noqa: E402
 from gfa_keras.evaluation.report import RobustnessReport  # noqa: E402
@@ -173,6 +173,9 @@ for _suffix, (_setting, _bases) in OPTIMIZER_VARIANTS.items():
         RECIPES[_base + _suffix] = dict(RECIPES[_base], **_setting)
 REFERENCE = "pgd"
 EARLY_STOPPED = "+es"  # the label suffix of a run's best held-out epoch
+# The benchmark's model; --architecture trains another (e.g. "madry_cnn", to see what capacity
+# changes) into a runs directory of its own: a run resumes only with the model it began with.
+ARCHITECTURE = "small_cnn"
 
 
 def load_splits(dataset: str, train_size: int | None):
@@ -212,9 +215,9 @@ def optimizer_description(rate, weight_decay=None):
     return f"Adam({rate}{decay})"
 
 
-def make_model(recipe, dataset, input_shape, num_classes, seed, rate):
+def make_model(recipe, dataset, input_shape, num_classes, seed, rate, architecture=ARCHITECTURE):
     options = dict(RECIPES[recipe]["harden"], eps=SETTINGS[dataset]["eps"])
-    base = build_architecture("small_cnn", input_shape, num_classes, seed=seed)
+    base = build_architecture(architecture, input_shape, num_classes, seed=seed)
     model = harden(base, seed=seed, **options)  # the training noise too: resumed runs repeat it
     model.compile(optimizer=keras.optimizers.Adam(rate, weight_decay=RECIPES[recipe].get("weight_decay")),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
@@ -270,11 +273,16 @@ def train(args, recipe, seed):
     (x, y), (x_val, y_val), _, num_classes = load_splits(args.dataset, args.train_size or settings["train_size"])
     progress = read_json(directory / "progress.json")
     if progress and progress["epochs_done"] > 0:
+        began_with = progress.get("architecture", ARCHITECTURE)  # runs from before the option: small_cnn
+        if began_with != args.architecture:
+            raise SystemExit(f"{directory} holds a {began_with} run; it resumes only as one. "
+                             f"Received: --architecture {args.architecture} (use another --runs directory)")
         model = keras.models.load_model(directory / "model.keras")
     else:
         rate = learning_rate(recipe, total_steps=epochs * -(-len(x) // BATCH_SIZE))
-        model, options = make_model(recipe, args.dataset, x.shape[1:], num_classes, seed, rate)
-        progress = dict(recipe=recipe, seed=seed, harden=options, passes=RECIPES[recipe]["passes"],
+        model, options = make_model(recipe, args.dataset, x.shape[1:], num_classes, seed, rate, args.architecture)
+        progress = dict(recipe=recipe, seed=seed, architecture=args.architecture, harden=options,
+                        passes=RECIPES[recipe]["passes"],
                         train_size=len(x), validation_size=len(x_val), batch_size=BATCH_SIZE,
                         optimizer=optimizer_description(rate, model.optimizer.weight_decay),
                         epochs_done=0, epoch_seconds=[], epoch_finished_at=[], held_out_seconds=[], history=[],
@@ -482,13 +490,17 @@ def _points(change):
 
 
 def _runs(root):
-    """(directory, progress) of every run with a finished epoch, in `RECIPES` order, then by seed."""
+    """(directory, progress) of every run with a finished epoch, in `RECIPES` order, then by seed.
+    Runs of different models in one directory would be compared as equals: an error."""
     order = {name: i for i, name in enumerate(RECIPES)}
-    for path in sorted(root.glob("*/seed*/progress.json"),
-                       key=lambda p: (order.get(p.parent.parent.name, 99), p.parent.name)):
-        progress = read_json(path)
-        if progress["epochs_done"]:
-            yield path.parent, progress
+    paths = sorted(root.glob("*/seed*/progress.json"),
+                   key=lambda p: (order.get(p.parent.parent.name, 99), p.parent.name))
+    runs = [(path.parent, progress) for path in paths if (progress := read_json(path))["epochs_done"]]
+    models = {progress.get("architecture", ARCHITECTURE): directory for directory, progress in runs}
+    if len(models) > 1:
+        raise SystemExit(f"{root} mixes runs of different models, which its tables would compare as equals: "
+                         + ", ".join(f"{name} ({directory})" for name, directory in sorted(models.items())))
+    yield from runs
 
 
 def _references(root):
@@ -797,6 +809,9 @@ def main(argv=None):
                         help=f"default: {REFERENCE} (publish, curves: all)")
     parser.add_argument("--seeds", nargs="+", type=int, help="default: 0 (publish, curves: all)")
     parser.add_argument("--epochs", type=int, default=None, help="default: 15 (digits: 2)")
+    parser.add_argument("--architecture", default=ARCHITECTURE, choices=sorted(ARCHITECTURES),
+                        help=f"the model trained (default: {ARCHITECTURE}, the benchmark's); another one "
+                             "belongs in a runs directory of its own")
     parser.add_argument("--train-size", type=int, default=None,
                         help="default: all training images but the validation ones (CIFAR-10: 20,000)")
     parser.add_argument("--test-points", type=int, default=None, help="default: 1,000 (digits: 100)")

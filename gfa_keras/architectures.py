@@ -8,6 +8,7 @@ Fashion-MNIST and 32x32 CIFAR-10:
 |---|---|---|
 | `"mlp"` | Fashion-MNIST MLP | Flatten, Dense(256, relu), Dense(256, relu), Dense(classes) |
 | `"small_cnn"` | CIFAR-10 CNN | Conv(32)-MaxPool-Conv(64)-MaxPool-Flatten-Dense(128, relu)-Dense(classes) |
+| `"madry_cnn"` | (capacity) | Madry et al. (2018)'s MNIST CNN: small_cnn's layers with 5x5 kernels and Dense(1024): about 3x its compute, 8x its weights |
 | `"resnet18"` | (ResNet scale) | CIFAR ResNet-18 (He et al. 2016): 3x3 stem, 4 stages of 2 basic blocks (64-512 filters), batch norm, global average pooling, Dense(classes) |
 
 Layers have fixed names (`hidden_1`, `hidden_2`, `logits`; `conv_1`, ..., `hidden`,
@@ -40,21 +41,27 @@ def _mlp(input_shape, num_classes, hidden=256):
     )
 
 
-def _small_cnn(input_shape, num_classes, filters=(32, 64), dense=128):
+def _small_cnn(input_shape, num_classes, filters=(32, 64), dense=128, kernel=3, name="small_cnn"):
     # "same" padding keeps the two poolings valid down to 4x4 inputs (the 8x8 digits).
     return keras.Sequential(
         [
             keras.Input(input_shape),
-            keras.layers.Conv2D(filters[0], 3, activation="relu", padding="same", name="conv_1"),
+            keras.layers.Conv2D(filters[0], kernel, activation="relu", padding="same", name="conv_1"),
             keras.layers.MaxPooling2D(name="pool_1"),
-            keras.layers.Conv2D(filters[1], 3, activation="relu", padding="same", name="conv_2"),
+            keras.layers.Conv2D(filters[1], kernel, activation="relu", padding="same", name="conv_2"),
             keras.layers.MaxPooling2D(name="pool_2"),
             keras.layers.Flatten(name="flatten"),
             keras.layers.Dense(dense, activation="relu", name="hidden"),
             keras.layers.Dense(num_classes, name="logits"),
         ],
-        name="small_cnn",
+        name=name,
     )
+
+
+def _madry_cnn(input_shape, num_classes):
+    # The adversarially trained MNIST model of Madry et al. (2018): the same two conv-pool
+    # stages, wider kernels and a wider dense layer (how much capacity buys robustness).
+    return _small_cnn(input_shape, num_classes, dense=1024, kernel=5, name="madry_cnn")
 
 
 def _basic_block(h, filters, stride, name):
@@ -90,21 +97,21 @@ def _resnet18(input_shape, num_classes, filters=(64, 128, 256, 512)):
 
 
 ARCHITECTURES: dict[str, Callable[..., keras.Model]] = {
-    "mlp": _mlp, "small_cnn": _small_cnn, "resnet18": _resnet18}
+    "mlp": _mlp, "small_cnn": _small_cnn, "madry_cnn": _madry_cnn, "resnet18": _resnet18}
 
 
 def build_architecture(name: str, input_shape, num_classes: int, seed: int | None = None) -> keras.Model:
     """Builds a fresh built-in classifier that outputs logits.
 
     Args:
-        name: One of `ARCHITECTURES`: `"mlp"`, `"small_cnn"` or `"resnet18"`.
+        name: One of `ARCHITECTURES`: `"mlp"`, `"small_cnn"`, `"madry_cnn"` or `"resnet18"`.
         input_shape: Shape of one image, `(height, width, channels)`.
         num_classes: Number of output logits, at least 2.
         seed: If given, the global Keras seed is set first, so the initial weights
             are reproducible.
 
     Returns:
-        A built, uncompiled Keras model (`keras.Sequential` for "mlp" and "small_cnn",
+        A built, uncompiled Keras model (`keras.Sequential` for "mlp" and the CNNs,
         Functional for "resnet18").
 
     Raises:
@@ -125,9 +132,9 @@ def build_architecture(name: str, input_shape, num_classes: int, seed: int | Non
             "input_shape must be (height, width, channels) of positive integers. "
             f"Received: input_shape={input_shape!r}"
         )
-    if name == "small_cnn" and min(shape[:2]) < 4:
+    if name in ("small_cnn", "madry_cnn") and min(shape[:2]) < 4:
         raise ValueError(
-            f"small_cnn pools twice by 2 and needs images of at least 4x4 pixels. Received: input_shape={shape}"
+            f"{name} pools twice by 2 and needs images of at least 4x4 pixels. Received: input_shape={shape}"
         )
     if name == "resnet18" and min(shape[:2]) < 8:
         raise ValueError(

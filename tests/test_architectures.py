@@ -27,6 +27,16 @@ def test_small_cnn_is_conv_pool_conv_pool_dense_dense(shape, pooled):
     assert model.output_shape == (None, 10)
 
 
+def test_madry_cnn_is_madry_et_al_mnist_model():
+    model = build_architecture("madry_cnn", (28, 28, 1), 10)
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds == ["Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dense"]
+    assert [c.kernel_size for c in model.layers if isinstance(c, keras.layers.Conv2D)] == [(5, 5), (5, 5)]
+    # The count of the MNIST challenge model (MadryLab/mnist_challenge): 3,274,634 parameters.
+    assert model.count_params() == 3_274_634
+    assert model.name == "madry_cnn" and model.output_shape == (None, 10)
+
+
 def test_the_seed_fixes_the_initial_weights():
     first = build_architecture("mlp", (8, 8, 1), 10, seed=3).get_weights()
     again = build_architecture("mlp", (8, 8, 1), 10, seed=3).get_weights()
@@ -61,11 +71,12 @@ def test_deep_gfa_taps_the_resnet18_stem_and_first_block():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(name="resnet", input_shape=(8, 8, 1), num_classes=10), "Unknown architecture. Expected one of ['mlp', 'resnet18', 'small_cnn']. Received: name='resnet'"),
+    (dict(name="resnet", input_shape=(8, 8, 1), num_classes=10), "Unknown architecture. Expected one of ['madry_cnn', 'mlp', 'resnet18', 'small_cnn']. Received: name='resnet'"),
     (dict(name="resnet18", input_shape=(4, 4, 3), num_classes=10), "at least 8x8"),
     (dict(name="mlp", input_shape=(64,), num_classes=10), "(height, width, channels)"),
     (dict(name="mlp", input_shape=(8, 0, 1), num_classes=10), "positive integers"),
     (dict(name="small_cnn", input_shape=(3, 3, 1), num_classes=10), "at least 4x4"),
+    (dict(name="madry_cnn", input_shape=(3, 3, 1), num_classes=10), "madry_cnn pools twice"),
     (dict(name="mlp", input_shape=(8, 8, 1), num_classes=1), "num_classes must be an integer >= 2. Received: num_classes=1"),
 ])
 def test_bad_arguments_say_what_was_expected(kwargs, message):
@@ -74,5 +85,5 @@ def test_bad_arguments_say_what_was_expected(kwargs, message):
     assert message in str(error.value)
 
 
-def test_registry_lists_the_three_names():
-    assert sorted(ARCHITECTURES) == ["mlp", "resnet18", "small_cnn"]
+def test_registry_lists_the_four_names():
+    assert sorted(ARCHITECTURES) == ["madry_cnn", "mlp", "resnet18", "small_cnn"]

@@ -79,6 +79,24 @@ def test_an_optimizer_variant_trains_with_its_setting_and_keeps_it_when_resumed(
     assert bench.optimizer_description(1e-3) == "Adam(0.001)"
 
 
+def test_architecture_trains_that_model_resumes_only_as_it_and_never_shares_a_table(tmp_path, capsys):
+    import keras
+    common = ["--dataset", "digits", "--recipes", "pgd", "--seeds", "0", "--runs", str(tmp_path),
+              "--train-size", "128", "--verbose", "0", "--epochs", "1"]
+    directory = tmp_path / "digits" / "pgd" / "seed0"
+    _run(capsys, "train", *common, "--architecture", "madry_cnn")
+    assert json.loads((directory / "progress.json").read_text())["architecture"] == "madry_cnn"
+    model = keras.models.load_model(directory / "model.keras")
+    assert model.base_model.name == "madry_cnn"
+    with pytest.raises(SystemExit, match="holds a madry_cnn run; it resumes only as one. "
+                                         "Received: --architecture small_cnn"):
+        _run(capsys, "train", *common[:-1], "2")  # the default model
+    # A small_cnn run beside it: the tables refuse to compare the two.
+    _run(capsys, "train", *common[:2], "--recipes", "pgd5_awp_ema", *common[4:])
+    with pytest.raises(SystemExit, match="mixes runs of different models.*madry_cnn.*small_cnn"):
+        _run(capsys, "curves", "--dataset", "digits", "--runs", str(tmp_path))
+
+
 def test_balanced_subset_keeps_the_first_points_of_each_class_in_file_order():
     y = np.array([2, 0, 1, 0, 2, 1, 1, 0, 2, 2])
     x = np.arange(len(y)) * 10

@@ -307,8 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train a built-in architecture or a .keras model with a defense",
         description="Train with a defense, checkpoint every epoch, optionally evaluate; writes a report directory.")
     train.add_argument("--model", type=_model_source, default="mlp",
-                       help="mlp (the paper's Fashion-MNIST MLP), small_cnn (its CIFAR-10 CNN), or a .keras "
-                            "classifier with logits, trained further from its weights (default: mlp)")
+                       help="mlp (the paper's Fashion-MNIST MLP), small_cnn (its CIFAR-10 CNN), madry_cnn, "
+                            "resnet18, or a .keras classifier with logits, trained further from its weights "
+                            "(default: mlp)")
     train.add_argument("--name", help="the model's name in the report and its file <out>/<name>.keras "
                                       "(default: <model>_<method>)")
     train.add_argument("--resume", action="store_true",
@@ -345,8 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "Tuner on a validation split of the training data; saves the best model and writes a report "
                     "with every trial. Rerunning with the same --out resumes the search.")
     tune.add_argument("--model", type=_model_source, default="mlp",
-                      help="mlp, small_cnn or a .keras file whose architecture is re-initialised per trial "
-                           "(default: mlp)")
+                      help="mlp, small_cnn, madry_cnn, resnet18 or a .keras file whose architecture is "
+                           "re-initialised per trial (default: mlp)")
     tune.add_argument("--name", help="the best model's name in the report and its file <out>/<name>.keras "
                                      "(default: <model>_tuned)")
     tune.add_argument("--overwrite", action="store_true", help="start the search again instead of resuming it")
