@@ -751,13 +751,14 @@ def cmd_curves(args):
     root = Path(args.runs) / args.dataset
     cost = read_json(root / "cost.json", {})
     reference_epochs = _reference_epochs(_references(root), args.epochs)
-    curves, train_sizes = {}, set()
+    curves, train_sizes, models = {}, set(), set()
     for _, progress in _runs(root):
         recipe, held = progress["recipe"], [h["apgd_ce"] for h in progress["held_out"]]
         named = (not args.recipes or recipe in args.recipes) and (not args.seeds or progress["seed"] in args.seeds)
         if not held or not named:
             continue
         train_sizes.add(progress["train_size"])
+        models.add(progress.get("architecture", ARCHITECTURE))
         curves[f"{recipe} seed{progress['seed']}"] = {
             "accuracy": [h["accuracy"] for h in progress["history"]][:len(held)], "val_robust_accuracy": held}
         spent = _training_time(step_ratio(cost, recipe), len(held), reference_epochs)
@@ -771,8 +772,8 @@ def cmd_curves(args):
         from gfa_keras.reports.plots import plot_robust_overfitting
 
         images = " or ".join(f"{n:,}" for n in sorted(train_sizes))
-        plot_robust_overfitting(curves, args.plot, title=f"{args.dataset}, {images} training images: "
-                                                         f"held-out APGD-CE-{HELD_OUT_STEPS}")
+        plot_robust_overfitting(curves, args.plot, title=f"{args.dataset}, {', '.join(sorted(models))}, {images} "
+                                                         f"training images: held-out APGD-CE-{HELD_OUT_STEPS}")
         print(f"wrote {args.plot}", flush=True)
 
 
