@@ -112,6 +112,11 @@ RECIPES = {
     "trades5_ema": dict(harden=dict(method="trades", steps=5, ema_momentum=0.999), passes="7"),
     "trades3_awp_ema": dict(harden=dict(method="trades", steps=3, awp_gamma=5e-3, ema_momentum=0.999),
                             passes="7"),
+    # MART (Wang et al. 2020): PGD training's attack, a boosted cross-entropy and a KL weighted by
+    # the clean misclassification; its clean batch adds a pass to the update and to AWP's ascent.
+    # "mart" isolates MART's loss against PGD-7, "mart5_awp_ema" against the recommended recipe.
+    "mart": dict(harden=dict(method="mart", steps=7), passes="9"),
+    "mart5_awp_ema": dict(harden=dict(method="mart", steps=5, awp_gamma=5e-3, ema_momentum=0.999), passes="9"),
     # 5 passes: "recommended" until 2026-12-01; it overfit catastrophically on Fashion-MNIST
     # seed 1 (docs/RESULTS.md).
     "pgd3_awp_ema": dict(harden=dict(method="pgd", steps=3, awp_gamma=5e-3, ema_momentum=0.999), passes="5"),

@@ -16,7 +16,9 @@ import tensorflow as tf
 from gfa_keras import HardenedModel, harden
 from gfa_keras.training.monitors import CatastrophicOverfittingMonitor, CollapseGuard
 from gfa_keras.training.perturbations import FGSM, NFGSM, PGD
-from gfa_keras.training.regularizers import GradAlign, GradientFeatureAlignment, InputGradientNorm, TradesKL
+from gfa_keras.training.regularizers import (
+    AdversarialMargin, GradAlign, GradientFeatureAlignment, InputGradientNorm, MisclassificationAwareKL, TradesKL,
+)
 from gfa_keras.training.weight_perturbation import AdversarialWeightPerturbation
 
 GLOBAL_BATCH = 16
@@ -73,6 +75,8 @@ METHODS = {
     "gfa_pgd": lambda base: HardenedModel(base, perturbation=_pgd(),
                                           regularizers=[GradientFeatureAlignment(3, weight=0.5)]),
     "trades": lambda base: HardenedModel(base, regularizers=[FixedStartTradesKL(1.0, EPS, steps=3)]),
+    "mart": lambda base: HardenedModel(base, perturbation=_pgd(),
+                                       regularizers=[AdversarialMargin(1.0), MisclassificationAwareKL(1.0)]),
     # AWP's perturbation comes from the global batch's gradient (all-reduced), and the
     # weight averages are written through the strategy: both must match one device.
     "pgd_awp": lambda base: HardenedModel(base, perturbation=_pgd(),

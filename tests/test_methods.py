@@ -168,6 +168,90 @@ def test_kl_matches_numpy():
                                rtol=1e-5)
 
 
+class MartReference:
+    """MART's objective (Wang et al. 2020) on the NumPy linear model, the PGD point fixed:
+    CE(x') - log(1.0001 - max_{k != y} p_k(x')) + lam KL(p(x) || p(x')) (1 - p_y(x))."""
+
+    def __init__(self, ref, x_adv, lam):
+        self.ref, self.x_adv, self.lam = ref, x_adv, lam
+
+    def parts(self, w=None, b=None):
+        ref = Linear.__new__(Linear)
+        ref.w = self.ref.w if w is None else w
+        ref.b = self.ref.b if b is None else b
+        rows = np.arange(len(Y))
+        p_adv, p_clean = softmax(ref.logits(self.x_adv)), softmax(ref.logits(X))
+        wrong = p_adv.copy()
+        wrong[rows, Y] = -1.0
+        margin = -np.log(1.0001 - wrong.max(1) + 1e-12).mean()
+        kl = (p_clean * (np.log(p_clean) - np.log(p_adv))).sum(1)
+        weighted_kl = (kl * (1.0000001 - p_clean[rows, Y])).mean()
+        return ref.ce(self.x_adv, Y).mean(), margin, weighted_kl
+
+    def objective(self, w, b):
+        ce, margin, kl = self.parts(w, b)
+        return ce + margin + self.lam * kl
+
+
+def mart_model(lam, steps=STEPS):
+    from gfa_keras import AdversarialMargin, MisclassificationAwareKL
+
+    return HardenedModel(linear_model(), perturbation=PGD(EPS, step_size=STEP, steps=steps, random_start=False),
+                         regularizers=[AdversarialMargin(1.0), MisclassificationAwareKL(lam)])
+
+
+def test_mart_loss_is_the_boosted_cross_entropy_plus_the_weighted_kl_at_the_numpy_pgd_point():
+    model = compiled(mart_model(2.0))
+    ref = Linear(model.base_model)
+    mart = MartReference(ref, ref.pgd(X, Y), 2.0)
+    ce, margin, kl = mart.parts()
+    logs = one_step_logs(model)
+    np.testing.assert_allclose(logs["task_loss"], ce, rtol=1e-5)
+    np.testing.assert_allclose(logs["mart_margin_penalty"], margin, rtol=1e-5)
+    np.testing.assert_allclose(logs["mart_kl_penalty"], kl, rtol=1e-4)
+    assert kl > 1e-4 and margin > 1e-2  # both terms really are there
+    np.testing.assert_allclose(logs["loss"], ce + margin + 2.0 * kl, rtol=1e-5)
+
+
+def test_mart_update_matches_finite_differences_through_clean_and_perturbed_predictions():
+    model = compiled(mart_model(3.0), lr=1.0)
+    ref = Linear(model.base_model)
+    mart = MartReference(ref, ref.pgd(X, Y), 3.0)
+    w0, b0 = ref.w.copy(), ref.b.copy()
+    one_step_logs(model)
+    w1, b1 = (v.numpy().astype("float64") for v in model.base_model.get_layer("logits").weights)
+    h = 1e-6
+    for idx in [(0, 0), (2, 3), (5, 1)]:
+        plus, minus = w0.copy(), w0.copy()
+        plus[idx] += h
+        minus[idx] -= h
+        numeric = (mart.objective(plus, b0) - mart.objective(minus, b0)) / (2 * h)
+        np.testing.assert_allclose(w0[idx] - w1[idx], numeric, rtol=1e-4, atol=1e-6)
+    for k in range(4):
+        plus, minus = b0.copy(), b0.copy()
+        plus[k] += h
+        minus[k] -= h
+        numeric = (mart.objective(w0, plus) - mart.objective(w0, minus)) / (2 * h)
+        np.testing.assert_allclose(b0[k] - b1[k], numeric, rtol=1e-4, atol=1e-6)
+
+
+def test_mart_method_is_pgd_7_with_both_terms_and_reads_one_hot_labels_like_integers():
+    model = harden(linear_model(), method="mart", eps=EPS)
+    assert model.perturbation.steps == 7 and model.perturbation.random_start
+    assert [(r.name, r.weight) for r in model.regularizers] == [("mart_margin", 1.0), ("mart_kl", 6.0)]
+    assert [r.weight for r in harden(linear_model(), method="mart", eps=EPS, penalty_weight=2.5).regularizers] \
+        == [1.0, 2.5]
+    sparse = compiled(mart_model(2.0))
+    one_hot = mart_model(2.0)
+    one_hot.base_model.set_weights(sparse.base_model.get_weights())
+    one_hot.compile(optimizer=keras.optimizers.SGD(0.1),
+                    loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+    logs_sparse = one_step_logs(sparse)
+    history = one_hot.fit(X, np.eye(4, dtype="float32")[Y], batch_size=len(X), epochs=1, shuffle=False, verbose=0)
+    for key in ("loss", "mart_margin_penalty", "mart_kl_penalty"):
+        np.testing.assert_allclose(history.history[key][0], logs_sparse[key], rtol=1e-5)
+
+
 def final_weights(model):
     model.fit(X, Y, batch_size=4, epochs=2, shuffle=False, verbose=0)
     return [w.numpy() for w in getattr(model, "base_model", model).weights]
@@ -260,6 +344,7 @@ def test_inner_pgd_respects_eps_and_clip_range_in_both_norms():
          r"Unknown norm\. Expected one of \['linf', 'l2'\]\. Received: norm='l1'"),
         (lambda b: harden(b, method="datagrad", p=3), r"Unknown norm order p. Expected one of \[1, 2\]. Received: p=3"),
         (lambda b: harden(b, method="datagrad", penalty_weight=-1.0), r"Received: weight=-1.0"),
+        (lambda b: harden(b, method="mart", eps=0.1, penalty_weight=float("nan")), r"Received: weight=nan"),
         (lambda b: PenaltyWarmup("input_gradient", 0.1, start_epoch=5, end_epoch=2),
          r"ends before it starts.*start_epoch=5, end_epoch=2"),
         (lambda b: HardenedModel(b, regularizers=[InputGradientNorm(), InputGradientNorm(p=1)]),
@@ -304,9 +389,10 @@ def test_datagrad_multitask_penalty_covers_the_auxiliary_loss_gradient():
 def test_the_registry_describes_every_method_and_harden_follows_it():
     from gfa_keras.training.methods import DEFAULT_PENALTY_WEIGHTS, MethodSpec, get_method, register_method
 
-    assert {n for n, s in METHODS.items() if s.needs_eps} == {"pgd", "trades", "hybrid", "gfa_pgd", "recommended",
-                                                              "fgsm_rs", "n_fgsm", "n_fgsm_gradalign", "n_fgsm_gfa"}
-    assert DEFAULT_PENALTY_WEIGHTS == {"gfa": 0.01, "trades": 6.0, "datagrad": 0.01, "hybrid": 0.1, "gfa_pgd": 0.01,
+    assert {n for n, s in METHODS.items() if s.needs_eps} == {"pgd", "trades", "mart", "hybrid", "gfa_pgd",
+                                                              "recommended", "fgsm_rs", "n_fgsm", "n_fgsm_gradalign",
+                                                              "n_fgsm_gfa"}
+    assert DEFAULT_PENALTY_WEIGHTS == {"gfa": 0.01, "trades": 6.0, "mart": 6.0, "datagrad": 0.01, "hybrid": 0.1, "gfa_pgd": 0.01,
                                        "n_fgsm_gradalign": 0.2, "n_fgsm_gfa": 0.01}
     # "recommended" is PGD-5 + AWP + EMA (PGD-5 + EMA until 2026-12-02; PGD-3 + AWP + EMA
     # before that, until it overfit catastrophically on one of two seeds).

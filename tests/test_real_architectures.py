@@ -25,7 +25,7 @@ from gfa_keras import harden
 from gfa_keras.training.batch_norm import batch_normalization_layers, frozen_moving_statistics
 from gfa_keras.training.model import HardenedModel
 from gfa_keras.training.perturbations import FGSM, PGD
-from gfa_keras.training.regularizers import GradAlign, TradesKL
+from gfa_keras.training.regularizers import AdversarialMargin, GradAlign, MisclassificationAwareKL, TradesKL
 from gfa_keras.training.weight_perturbation import DEFAULT_AWP_GAMMA, AdversarialWeightPerturbation
 
 EPS = 8 / 255
@@ -98,6 +98,10 @@ METHODS = {
     "pgd": (lambda base: HardenedModel(base, perturbation=PGD(EPS, steps=2, random_start=False)),
             pgd_reference),
     "trades": (lambda base: harden(base, method="trades", eps=EPS, steps=2), clean_reference),
+    # MART's clean pass must leave the moving statistics to the training forward pass.
+    "mart": (lambda base: HardenedModel(base, perturbation=PGD(EPS, steps=2, random_start=False),
+                                        regularizers=[AdversarialMargin(), MisclassificationAwareKL()]),
+             pgd_reference),
     "fgsm_gradalign": (lambda base: HardenedModel(base, perturbation=FGSM(EPS),
                                                   regularizers=[GradAlign(weight=0.2, eps=EPS)]),
                        fgsm_reference),

@@ -23,6 +23,8 @@ from gfa_keras.training.regularizers import (
     InputGradientNorm,
     Regularizer,
     TradesKL,
+    AdversarialMargin,
+    MisclassificationAwareKL,
 )
 from gfa_keras.training.schedules import CyclicLearningRate, PenaltyWarmup
 from gfa_keras.training.weight_perturbation import AdversarialWeightPerturbation
@@ -31,6 +33,7 @@ __all__ = [
     "harden", "METHODS", "DEFAULT_PENALTY_WEIGHTS", "MethodSpec", "MethodOptions", "register_method",
     "get_method", "AdversarialWeightPerturbation", "HardenedModel", "GFAModel",
     "Perturbation", "FGSM", "NFGSM", "PGD", "Regularizer", "GradientFeatureAlignment", "InputGradientNorm",
-    "TradesKL", "GradAlign", "CatastrophicOverfittingMonitor", "CollapseGuard", "TrainingCollapsedError",
+    "TradesKL", "AdversarialMargin", "MisclassificationAwareKL", "GradAlign", "CatastrophicOverfittingMonitor",
+    "CollapseGuard", "TrainingCollapsedError",
     "PenaltyWarmup", "CyclicLearningRate", "fit_resumable", "gradient_feature_alignment", "alignment_penalty",
 ]

@@ -11,6 +11,7 @@ method with `register_method`.
 | "gfa"         | none         | GradientFeatureAlignment(layers)          | beta                 |
 | "pgd"         | PGD          | none (Madry et al.)                       | (unused)             |
 | "trades"      | none         | TradesKL (its own KL attack)              | TRADES' beta         |
+| "mart"        | PGD          | AdversarialMargin, MisclassificationAwareKL (MART, Wang et al. 2020) | MART's lambda |
 | "datagrad"    | none         | InputGradientNorm(p)                      | lambda               |
 | "hybrid"      | PGD          | InputGradientNorm(p=2, squared), at x_adv | lambda               |
 | "gfa_pgd"     | PGD          | GradientFeatureAlignment(layers), at x_adv| beta                 |
@@ -45,7 +46,9 @@ from typing import Callable
 
 from gfa_keras.training.model import GFAModel, HardenedModel, check_base_model, require_tensorflow_backend
 from gfa_keras.training.perturbations import FGSM, NFGSM, PGD
-from gfa_keras.training.regularizers import GradAlign, GradientFeatureAlignment, InputGradientNorm, TradesKL
+from gfa_keras.training.regularizers import (
+    AdversarialMargin, GradAlign, GradientFeatureAlignment, InputGradientNorm, MisclassificationAwareKL, TradesKL,
+)
 from gfa_keras.training.weight_perturbation import AdversarialWeightPerturbation
 from gfa_keras.validation import check_choice, check_number
 
@@ -181,6 +184,11 @@ for _spec in (
         o.penalty_weight, o.eps, step_size=o.step_size, steps=_steps(o, 10), **o.ball)]),
         6.0, True, ("trades_penalty", "trades_weight"),
         description="TRADES: clean cross-entropy + beta KL to a KL-maximising point (10 steps)"),
+    MethodSpec("mart", _wrapper(_pgd, [lambda o: AdversarialMargin(1.0),
+                                       lambda o: MisclassificationAwareKL(o.penalty_weight)]),
+               6.0, True, ("mart_margin_penalty", "mart_margin_weight", "mart_kl_penalty", "mart_kl_weight"),
+               description="MART: PGD training with a boosted cross-entropy + lambda KL weighted by the clean "
+                           "misclassification (7 steps)"),
     MethodSpec("datagrad", _wrapper(regularizers=[lambda o: InputGradientNorm(p=o.p, weight=o.penalty_weight)]),
                0.01, False, ("input_gradient_penalty", "input_gradient_weight"),
                description="DataGrad: the input-gradient norm penalty (double backprop)"),
@@ -235,7 +243,7 @@ def harden(model, layers=3, penalty_weight: float | None = None, *, method: str 
             layers; 1 = the input image, the paper's FIRST; 3 = DEEP) or layer names or
             layer objects.
         penalty_weight: The weight of the method's regularizer (see the module table);
-            default per method: gfa 0.01, trades 6.0, datagrad 0.01, hybrid 0.1, gfa_pgd 0.01,
+            default per method: gfa 0.01, trades 6.0, mart 6.0, datagrad 0.01, hybrid 0.1, gfa_pgd 0.01,
             n_fgsm_gradalign 0.2 (GradAlign's lambda for CIFAR-10 at 8/255), n_fgsm_gfa 0.01.
         method: One of `METHODS`. "recommended": the most robust recipe at PGD-7's cost
             that benchmarks/recipes.py found stable on every seed: PGD-5 (`steps` changes
@@ -245,7 +253,7 @@ def harden(model, layers=3, penalty_weight: float | None = None, *, method: str 
             (e.g. 8/255 for CIFAR-10, 0.1 for Fashion-MNIST, Linf).
         step_size: Attack step, > 0; default 2.5 * eps / steps for PGD, 1.25 eps for
             "fgsm_rs", eps for the N-FGSM methods.
-        steps: Attack steps; default 7 (PGD training) or 10 (TRADES).
+        steps: Attack steps; default 7 (PGD training and MART) or 10 (TRADES).
         norm: "linf" or "l2".
         p: DataGrad's norm, 1 or 2.
         clip_min, clip_max: The valid pixel range.

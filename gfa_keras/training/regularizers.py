@@ -28,6 +28,8 @@ __all__ = [
     "InputGradientNorm",
     "TradesKL",
     "GradAlign",
+    "AdversarialMargin",
+    "MisclassificationAwareKL",
     "metric_safe",
 ]
 
@@ -340,3 +342,77 @@ class GradAlign(Regularizer):
     def get_config(self):
         return {"weight": self.weight, "eps": self.eps, "norm": self.norm, "clip_min": self.clip_min,
                 "clip_max": self.clip_max}
+
+
+def _true_class_probabilities(y, probabilities):
+    """p_y per example, for integer or one-hot labels, and the one-hot mask of y."""
+    num_classes = probabilities.shape[-1]
+    y = tf.convert_to_tensor(y)
+    if y.shape.rank == 2 and y.shape[-1] == num_classes and num_classes > 1:
+        y = tf.argmax(y, axis=-1)
+    mask = tf.one_hot(tf.reshape(tf.cast(y, tf.int32), [-1]), num_classes, dtype=probabilities.dtype)
+    return tf.reduce_sum(mask * probabilities, axis=1), mask
+
+
+@keras.saving.register_keras_serializable(package="gfa_keras")
+class AdversarialMargin(Regularizer):
+    """MART's margin term (Wang et al. 2020): mean over the batch of
+    -log(1.0001 - max_{k != y} p_k(x)) at the step's (perturbed) batch.
+
+    With the cross-entropy task loss it makes MART's "boosted cross-entropy": besides
+    raising the true class's probability it lowers the strongest wrong class's. No extra
+    passes: it reads the step's own predictions. Needs logits.
+
+    Args:
+        weight: Its weight (1 in MART).
+    """
+
+    name = "mart_margin"
+    needs_logits = True
+
+    def __init__(self, weight=1.0):
+        super().__init__(weight)
+
+    def penalty(self, step):
+        p = tf.nn.softmax(tf.cast(step.y_pred, tf.float32))
+        _, mask = _true_class_probabilities(step.y, p)
+        # MART's constants: 1.0001 keeps the log finite as the wrong class's p nears 1.
+        strongest_wrong = tf.reduce_max(p - 2.0 * mask, axis=1)
+        return tf.reduce_mean(-tf.math.log(1.0001 - strongest_wrong + 1e-12)), {}
+
+
+@keras.saving.register_keras_serializable(package="gfa_keras")
+class MisclassificationAwareKL(Regularizer):
+    """MART's robustness term (Wang et al. 2020): mean over the batch of
+    KL(p(x) || p(x')) * (1 - p_y(x)), x the clean batch and x' the step's perturbed one.
+
+    Weighting each example by how far its clean prediction is from the truth puts the
+    pull toward a smooth prediction on the misclassified and barely classified points.
+    Gradients flow through both the clean and the perturbed predictions, as in MART's
+    code. One extra forward and backward pass (the clean batch); needs logits and a
+    perturbation (without one x' = x and the term is 0).
+
+    Args:
+        weight: MART's lambda (6 in the paper for CIFAR-10).
+    """
+
+    name = "mart_kl"
+    needs_logits = True
+
+    def __init__(self, weight=6.0):
+        super().__init__(weight)
+
+    def penalty(self, step):
+        base = step.model.base_model
+        if step.x is step.clean_x:
+            logits_clean = step.y_pred
+        else:
+            # The clean pass normalizes with its own batch statistics but leaves the moving
+            # ones to the step's training forward pass (batch_norm.py).
+            with frozen_moving_statistics(base):
+                logits_clean = base(step.clean_x, training=step.training)
+        p_clean = tf.nn.softmax(tf.cast(logits_clean, tf.float32))
+        true_clean, _ = _true_class_probabilities(step.y, p_clean)
+        kl = _kl_per_example(p_clean, step.y_pred)
+        # MART's 1.0000001 keeps a perfectly classified point's weight above zero.
+        return tf.reduce_mean(kl * (1.0000001 - true_clean)), {}
