@@ -392,8 +392,8 @@ def test_the_registry_describes_every_method_and_harden_follows_it():
     assert {n for n, s in METHODS.items() if s.needs_eps} == {"pgd", "trades", "mart", "hybrid", "gfa_pgd",
                                                               "recommended", "fgsm_rs", "n_fgsm", "n_fgsm_gradalign",
                                                               "n_fgsm_gfa"}
-    assert DEFAULT_PENALTY_WEIGHTS == {"gfa": 0.01, "trades": 6.0, "mart": 6.0, "datagrad": 0.01, "hybrid": 0.1, "gfa_pgd": 0.01,
-                                       "n_fgsm_gradalign": 0.2, "n_fgsm_gfa": 0.01}
+    assert DEFAULT_PENALTY_WEIGHTS == {"gfa": 0.01, "trades": 6.0, "mart": 6.0, "datagrad": 0.01, "hybrid": 0.1,
+                                       "gfa_pgd": 0.01, "n_fgsm_gradalign": 0.2, "n_fgsm_gfa": 0.01}
     # "recommended" is PGD-5 + AWP + EMA (PGD-5 + EMA until 2026-12-02; PGD-3 + AWP + EMA
     # before that, until it overfit catastrophically on one of two seeds).
     recommended = harden(linear_model(), method="recommended", eps=EPS)
