@@ -777,8 +777,9 @@ def cmd_curves(args):
         from gfa_keras.reports.plots import plot_robust_overfitting
 
         images = " or ".join(f"{n:,}" for n in sorted(train_sizes))
+        # Two lines: one would run past the figure's edge.
         plot_robust_overfitting(curves, args.plot, title=f"{args.dataset}, {', '.join(sorted(models))}, {images} "
-                                                         f"training images: held-out APGD-CE-{HELD_OUT_STEPS}")
+                                                         f"training images:\nheld-out APGD-CE-{HELD_OUT_STEPS}")
         print(f"wrote {args.plot}", flush=True)
 
 

@@ -178,7 +178,7 @@ def test_train_resumes_evaluates_tabulates_and_publishes(tmp_path, capsys, monke
     _run(capsys, "curves", *common, "--plot", str(tmp_path / "again.png"))
     assert sorted(drawn) == ["pgd seed0", "title"]
     assert drawn["pgd seed0"] == {"accuracy": [h["accuracy"] for h in second["history"]], "val_robust_accuracy": held}
-    assert drawn["title"] == "digits, small_cnn, 1,237 training images: held-out APGD-CE-10"
+    assert drawn["title"] == "digits, small_cnn, 1,237 training images:\nheld-out APGD-CE-10"
     assert "pgd " not in _run(capsys, "curves", *common[:4], "--seeds", "1", *common[6:])  # only the runs named
 
 
