@@ -152,6 +152,12 @@ RECIPES = {
     "pgd_double": dict(harden=dict(method="pgd", steps=7), passes="8", epochs_scale=2.0),
 }
 WEIGHT_DECAY = 0.05
+# SGD's settings for the "_sgd" variants: the rate before the first decay was the best of 0.01,
+# 0.03, 0.1 and 0.2 after 100 PGD-7 steps on Fashion-MNIST (session 39, held-out APGD-CE-10 on
+# 500 points: 0.47, 0.50, 0.52, and 0.10 for 0.2, which did not train; Adam 1e-3: 0.60).
+SGD_LEARNING_RATE = 0.1
+SGD_MOMENTUM = 0.9
+PIECEWISE_DECAYS = (0.5, 0.75)  # fractions of the run's steps after which the rate drops 10x
 # Optimizer variants: suffix -> (the one setting a variant adds to its base recipe, the bases). Each
 # is its base plus that setting, so a paired comparison reads off what the setting alone buys.
 OPTIMIZER_VARIANTS = {
@@ -172,6 +178,10 @@ OPTIMIZER_VARIANTS = {
     # Measured: PGD-7's best is 2e-3 (+0.7 over 1e-3 on five seeds; 3e-3 never left chance), the recipe's 1e-3.
     "_lr05": (dict(learning_rate=0.5 * LEARNING_RATE), ("pgd", "pgd5_awp_ema")),
     "_lr3": (dict(learning_rate=3 * LEARNING_RATE), ("pgd", "pgd5_awp_ema")),
+    # The "bag of tricks"' optimizer (Pang et al. 2021; Rice et al. 2020's schedule): SGD with
+    # momentum 0.9 and a piecewise-constant rate, divided by 10 at half and at three quarters of
+    # the run. Without their weight decay, which `_wd` measured on its own (session 32).
+    "_sgd": (dict(optimizer="sgd", learning_rate="piecewise"), ("pgd", "pgd5_awp_ema")),
 }
 for _suffix, (_setting, _bases) in OPTIMIZER_VARIANTS.items():
     for _base in _bases:
@@ -203,28 +213,44 @@ def balanced_subset(x, y, size, num_classes):
 
 
 def learning_rate(recipe, total_steps):
-    """Adam's learning rate: the recipe's constant (`LEARNING_RATE` unless it names another), or
-    for a "cosine" recipe decaying from `LEARNING_RATE` to 0 over the whole run (`total_steps`,
-    all epochs: the step count is saved with the optimizer, so a resumed run continues the same curve)."""
-    rate = RECIPES[recipe].get("learning_rate", LEARNING_RATE)
+    """The recipe's learning rate: its constant (`LEARNING_RATE` for Adam, `SGD_LEARNING_RATE` for
+    SGD, unless it names another), or a schedule over the whole run (`total_steps`, all epochs: the
+    step count is saved with the optimizer, so a resumed run continues the same curve): "cosine"
+    decays to 0, "piecewise" drops 10x after each of `PIECEWISE_DECAYS`' fractions of the run."""
+    base = SGD_LEARNING_RATE if RECIPES[recipe].get("optimizer") == "sgd" else LEARNING_RATE
+    rate = RECIPES[recipe].get("learning_rate", base)
     if rate == "cosine":
-        return keras.optimizers.schedules.CosineDecay(LEARNING_RATE, decay_steps=total_steps)
+        return keras.optimizers.schedules.CosineDecay(base, decay_steps=total_steps)
+    if rate == "piecewise":
+        boundaries = [round(fraction * total_steps) for fraction in PIECEWISE_DECAYS]
+        return keras.optimizers.schedules.PiecewiseConstantDecay(
+            boundaries, [base * 0.1 ** k for k in range(len(boundaries) + 1)])
     return rate
 
 
-def optimizer_description(rate, weight_decay=None):
-    """How progress.json records the optimizer: `learning_rate`'s result and any weight decay."""
+def optimizer_description(rate, weight_decay=None, optimizer="adam"):
+    """How progress.json records the optimizer: its kind, `learning_rate`'s result and any weight decay."""
+    name = f"SGD(momentum {SGD_MOMENTUM}, " if optimizer == "sgd" else "Adam("
     decay = f", weight decay {weight_decay}" if weight_decay else ""
     if isinstance(rate, keras.optimizers.schedules.CosineDecay):
-        return f"Adam(cosine decay from {rate.initial_learning_rate} to 0 over {rate.decay_steps} steps{decay})"
-    return f"Adam({rate}{decay})"
+        return f"{name}cosine decay from {rate.initial_learning_rate} to 0 over {rate.decay_steps} steps{decay})"
+    if isinstance(rate, keras.optimizers.schedules.PiecewiseConstantDecay):
+        steps = " and ".join(str(b) for b in rate.boundaries)
+        return f"{name}{rate.values[0]}, divided by 10 after steps {steps}{decay})"
+    return f"{name}{rate}{decay})"
+
+
+def make_optimizer(recipe, rate):
+    if RECIPES[recipe].get("optimizer") == "sgd":
+        return keras.optimizers.SGD(rate, momentum=SGD_MOMENTUM, weight_decay=RECIPES[recipe].get("weight_decay"))
+    return keras.optimizers.Adam(rate, weight_decay=RECIPES[recipe].get("weight_decay"))
 
 
 def make_model(recipe, dataset, input_shape, num_classes, seed, rate, architecture=ARCHITECTURE):
     options = dict(RECIPES[recipe]["harden"], eps=SETTINGS[dataset]["eps"])
     base = build_architecture(architecture, input_shape, num_classes, seed=seed)
     model = harden(base, seed=seed, **options)  # the training noise too: resumed runs repeat it
-    model.compile(optimizer=keras.optimizers.Adam(rate, weight_decay=RECIPES[recipe].get("weight_decay")),
+    model.compile(optimizer=make_optimizer(recipe, rate),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     return model, options
 
@@ -289,7 +315,8 @@ def train(args, recipe, seed):
         progress = dict(recipe=recipe, seed=seed, architecture=args.architecture, harden=options,
                         passes=RECIPES[recipe]["passes"],
                         train_size=len(x), validation_size=len(x_val), batch_size=BATCH_SIZE,
-                        optimizer=optimizer_description(rate, model.optimizer.weight_decay),
+                        optimizer=optimizer_description(rate, model.optimizer.weight_decay,
+                                                                  RECIPES[recipe].get("optimizer", "adam")),
                         epochs_done=0, epoch_seconds=[], epoch_finished_at=[], held_out_seconds=[], history=[],
                         held_out=[], best_epoch=None, command=" ".join(sys.argv))
     if len(progress["held_out"]) < progress["epochs_done"]:
@@ -533,7 +560,7 @@ def step_ratio(cost, recipe):
     """The recipe's step time over PGD-7's (the `cost` table), or None if not
     measured. A training step costs what its `harden` options make it cost (epochs and the
     learning rate change no step), so a recipe not measured itself takes the ratio of a measured
-    recipe with the same options: "pgd_double" PGD-7's 1.0, a "_cosine", "_wd" or "_lr2" recipe its base's."""
+    recipe with the same options: "pgd_double" PGD-7's 1.0, an optimizer variant ("_cosine", "_sgd", ...) its base's."""
     ratios = cost.get("ratio_to_pgd", {})
     options = RECIPES.get(recipe, {}).get("harden")  # None for a run of a recipe since removed
     if recipe in ratios or options is None:

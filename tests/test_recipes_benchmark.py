@@ -54,7 +54,8 @@ def test_an_optimizer_variant_is_its_base_recipe_with_its_one_setting_only(suffi
     expected = {"_cosine": {"learning_rate": "cosine"}, "_wd": {"weight_decay": bench.WEIGHT_DECAY},
                 "_lr2": {"learning_rate": 2 * bench.LEARNING_RATE},
                 "_lr05": {"learning_rate": 0.5 * bench.LEARNING_RATE},
-                "_lr3": {"learning_rate": 3 * bench.LEARNING_RATE}}[suffix]
+                "_lr3": {"learning_rate": 3 * bench.LEARNING_RATE},
+                "_sgd": {"optimizer": "sgd", "learning_rate": "piecewise"}}[suffix]
     variant = dict(bench.RECIPES[recipe])
     assert {key: variant.pop(key) for key in expected} == expected
     assert variant == bench.RECIPES[recipe.removesuffix(suffix)]
@@ -256,6 +257,36 @@ def test_a_cosine_recipe_decays_over_the_whole_run_and_resumes_on_its_curve(tmp_
     assert int(optimizer.iterations) == 4
     assert float(optimizer.learning_rate) == pytest.approx(0.0, abs=1e-9)
     assert bench.learning_rate("pgd", 4) == bench.LEARNING_RATE
+
+
+def test_an_sgd_recipe_trains_with_momentum_on_its_piecewise_rate_and_resumes_on_it(
+        tmp_path, capsys, monkeypatch):
+    import keras
+    common = ["--dataset", "digits", "--recipes", "pgd_sgd", "--seeds", "0", "--runs", str(tmp_path),
+              "--train-size", "256", "--epochs", "2", "--verbose", "0"]  # 2 epochs of 2 steps
+    directory = tmp_path / "digits" / "pgd_sgd" / "seed0"
+    rate = bench.SGD_LEARNING_RATE
+
+    def killed(*args):  # after the first epoch was saved
+        raise KeyboardInterrupt
+    with monkeypatch.context() as patch:
+        patch.setattr(bench, "held_out_epoch", killed)
+        with pytest.raises(KeyboardInterrupt):
+            _run(capsys, "train", *common)
+    progress = json.loads((directory / "progress.json").read_text())
+    # the schedule spans the 2 epochs asked for, not the 1 run so far: 10x down after steps 2 and 3
+    assert progress["optimizer"] == f"SGD(momentum 0.9, {rate}, divided by 10 after steps 2 and 3)"
+    optimizer = keras.models.load_model(directory / "model.keras").optimizer
+    assert isinstance(optimizer, keras.optimizers.SGD) and optimizer.momentum == pytest.approx(0.9)
+    assert int(optimizer.iterations) == 2 and float(optimizer.learning_rate) == pytest.approx(rate)
+    schedule = optimizer._learning_rate
+    assert [float(schedule(step)) for step in (2, 3, 4)] == pytest.approx([rate, rate / 10, rate / 100])
+
+    _run(capsys, "train", *common)  # resumed: the second epoch continues down the same schedule
+    optimizer = keras.models.load_model(directory / "model.keras").optimizer
+    assert int(optimizer.iterations) == 4
+    assert float(optimizer.learning_rate) == pytest.approx(rate / 100)
+    assert bench.optimizer_description(0.1, optimizer="sgd") == "SGD(momentum 0.9, 0.1)"
 
 
 def test_seed_summary_pairs_the_gain_seed_by_seed_and_only_over_shared_seeds():
