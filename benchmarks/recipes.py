@@ -164,9 +164,11 @@ OPTIMIZER_VARIANTS = {
     # A learning rate decayed to 0 over the run (the "bag of tricks"' piecewise decay, smoothly),
     # for the reference and the long PGD-3 and PGD-5 recipes (PGD-5's added after the screening).
     "_cosine": (dict(learning_rate="cosine"), ("pgd", "pgd3_ema_long", "pgd5_ema_long")),
-    # The "bag of tricks"' weight decay (5e-4 with SGD at learning rate 0.1: each step shrinks the
-    # weights by 5e-5), decoupled as Keras' Adam applies it (a shrink of learning rate x decay), so
-    # 0.05 at Adam's 1e-3 gives the same shrink a step.
+    # The "bag of tricks"' weight decay (5e-4 with SGD at learning rate 0.1: each step's gradient
+    # term shrinks the weights by 5e-5), decoupled as Keras' Adam applies it (a shrink of learning
+    # rate x decay), so 0.05 at Adam's 1e-3 gives that shrink a step. Their SGD's momentum 0.9
+    # carries the decay term on for about 10 steps, so their steady shrink is about 10x this one
+    # (noticed in session 39, after the runs).
     "_wd": (dict(weight_decay=WEIGHT_DECAY), ("pgd", "pgd5_awp_ema")),
     # Twice Adam's rate, constant: the small CNNs are short of optimization (Fashion-MNIST's held-out
     # accuracy still rises at epoch 15, and a decay to 0 cost PGD-7 2.5 points), and EMA averages the
