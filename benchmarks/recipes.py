@@ -62,7 +62,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from gfa_keras import evaluate_robustness, harden  # noqa: E402
+from gfa_keras import WeightPerturbationWarmup, evaluate_robustness, harden  # noqa: E402
 from gfa_keras.architectures import ARCHITECTURES, build_architecture  # noqa: E402
 from gfa_keras.atomic_files import save_model, write_json  # noqa: E402
 from gfa_keras.data import as_tf_dataset, load_dataset  # noqa: E402
@@ -182,8 +182,10 @@ OPTIMIZER_VARIANTS = {
     "_lr3": (dict(learning_rate=3 * LEARNING_RATE), ("pgd", "pgd5_awp_ema")),
     # The "bag of tricks"' optimizer (Pang et al. 2021; Rice et al. 2020's schedule): SGD with
     # momentum 0.9 and a piecewise-constant rate, divided by 10 at half and at three quarters of
-    # the run. Without their weight decay, which `_wd` measured on its own (session 32).
-    "_sgd": (dict(optimizer="sgd", learning_rate="piecewise"), ("pgd", "pgd5_awp_ema")),
+    # the run. Without their weight decay, which `_wd` measured on its own (session 32). AWP
+    # comes in after one epoch (`WeightPerturbationWarmup`; Wu et al.'s `--awp-warmup`): from the
+    # first step it kept the small CNN at chance under SGD (session 39); no-op without AWP.
+    "_sgd": (dict(optimizer="sgd", learning_rate="piecewise", awp_warmup_epochs=1), ("pgd", "pgd5_awp_ema")),
 }
 for _suffix, (_setting, _bases) in OPTIMIZER_VARIANTS.items():
     for _base in _bases:
@@ -293,6 +295,14 @@ def held_out_epoch(progress, model, directory, x_val, y_val, eps):
     write_json(directory / "progress.json", progress)
 
 
+def training_callbacks(recipe, model):
+    """The recipe's callbacks for `fit`: AWP's warm-up where it has one and AWP."""
+    warmup = RECIPES[recipe].get("awp_warmup_epochs")
+    if warmup and model.weight_perturbation is not None:
+        return [WeightPerturbationWarmup(start_epoch=warmup)]
+    return []
+
+
 def recipe_epochs(args, recipe):
     """The data set's epochs (or --epochs), times the recipe's `epochs_scale`."""
     return round(args.epochs * RECIPES[recipe].get("epochs_scale", 1))
@@ -330,7 +340,8 @@ def train(args, recipe, seed):
         # epoch with arrays; its docstring).
         batches = as_tf_dataset(x, y, BATCH_SIZE, shuffle=True, seed=epoch_seed)
         start = time.perf_counter()
-        history = model.fit(batches, epochs=1, shuffle=False, verbose=2 if args.verbose else 0)
+        history = model.fit(batches, initial_epoch=epoch, epochs=epoch + 1, shuffle=False,
+                            verbose=2 if args.verbose else 0, callbacks=training_callbacks(recipe, model))
         seconds = time.perf_counter() - start
         # The epoch is saved before anything else can fail.
         save_model(model, directory / "model.keras")

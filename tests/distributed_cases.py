@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from gfa_keras import HardenedModel, harden
 from gfa_keras.training.monitors import CatastrophicOverfittingMonitor, CollapseGuard
+from gfa_keras.training.schedules import WeightPerturbationWarmup
 from gfa_keras.training.perturbations import FGSM, NFGSM, PGD
 from gfa_keras.training.regularizers import (
     AdversarialMargin, GradAlign, GradientFeatureAlignment, InputGradientNorm, MisclassificationAwareKL, TradesKL,
@@ -103,6 +104,8 @@ CALLBACKS = {
         CatastrophicOverfittingMonitor(validation, EPS, pgd_steps=3, pgd_random_start=False),
         CollapseGuard(validation, on_collapse="stop"),
     ],
+    # AWP off in epoch 0, on in epoch 1: the warm-up writes the (mirrored) gamma between epochs.
+    "pgd_awp": lambda validation: [WeightPerturbationWarmup(start_epoch=1)],
 }
 
 # What 2 replicas would train if each replica's penalty were not divided by the number of

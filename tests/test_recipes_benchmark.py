@@ -55,7 +55,7 @@ def test_an_optimizer_variant_is_its_base_recipe_with_its_one_setting_only(suffi
                 "_lr2": {"learning_rate": 2 * bench.LEARNING_RATE},
                 "_lr05": {"learning_rate": 0.5 * bench.LEARNING_RATE},
                 "_lr3": {"learning_rate": 3 * bench.LEARNING_RATE},
-                "_sgd": {"optimizer": "sgd", "learning_rate": "piecewise"}}[suffix]
+                "_sgd": {"optimizer": "sgd", "learning_rate": "piecewise", "awp_warmup_epochs": 1}}[suffix]
     variant = dict(bench.RECIPES[recipe])
     assert {key: variant.pop(key) for key in expected} == expected
     assert variant == bench.RECIPES[recipe.removesuffix(suffix)]
@@ -287,6 +287,18 @@ def test_an_sgd_recipe_trains_with_momentum_on_its_piecewise_rate_and_resumes_on
     assert int(optimizer.iterations) == 4
     assert float(optimizer.learning_rate) == pytest.approx(rate / 100)
     assert bench.optimizer_description(0.1, optimizer="sgd") == "SGD(momentum 0.9, 0.1)"
+
+
+def test_the_sgd_recipe_warms_awp_up_for_one_epoch_and_a_resumed_run_keeps_it_on(tmp_path, capsys):
+    common = ["--dataset", "digits", "--recipes", "pgd5_awp_ema_sgd", "--seeds", "0", "--runs", str(tmp_path),
+              "--train-size", "256", "--verbose", "0", "--epochs"]
+    for epochs in ("1", "2"):  # two invocations: the second resumes at epoch index 1
+        _run(capsys, "train", *common, epochs)
+    progress = json.loads((tmp_path / "digits" / "pgd5_awp_ema_sgd" / "seed0" / "progress.json").read_text())
+    history = progress["history"]
+    assert history[0]["awp_norm"] == 0.0 and history[0]["awp_loss_gain"] == 0.0
+    assert history[1]["awp_norm"] > 0.0
+    assert bench.training_callbacks("pgd_sgd", bench.make_model("pgd_sgd", "digits", (8, 8, 1), 10, 0, 0.1)[0]) == []
 
 
 def test_seed_summary_pairs_the_gain_seed_by_seed_and_only_over_shared_seeds():

@@ -1,6 +1,6 @@
 """Adversarial weight perturbation (AWP): one step against a NumPy computation on a linear
 model, on clean and on adversarial points; TRADES attacks once per step; batch-norm
-statistics move once, by the forward pass at the perturbed weights; saving, loading and bad input."""
+statistics move once, by the forward pass at the perturbed weights; the warm-up; saving, loading and bad input."""
 import math
 
 import keras
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gfa_keras import PGD, AdversarialWeightPerturbation, HardenedModel, TradesKL, harden
+from gfa_keras import PGD, AdversarialWeightPerturbation, HardenedModel, TradesKL, WeightPerturbationWarmup, harden
 
 RNG = np.random.default_rng(3)
 X = RNG.uniform(0.05, 0.95, size=(12, 2, 3)).astype("float32")
@@ -70,6 +70,58 @@ def test_one_awp_step_on_clean_points_matches_the_hand_computed_update():
     assert history.history["awp_loss_gain"][0] == pytest.approx(gain, rel=1e-4)
     assert gain > 0  # the ascent step raises the loss
     assert history.history["task_loss"][0] == pytest.approx(loss, rel=1e-5)  # the loss at the moved weights
+
+
+def test_the_warm_up_trains_plainly_then_steps_as_awp_and_leaves_the_models_gamma(tmp_path):
+    model = compiled(HardenedModel(linear_model(), weight_perturbation=AdversarialWeightPerturbation(GAMMA)))
+    w, b = (v.numpy() for v in model.base_model.get_layer("logits").weights)
+    x = X.reshape(len(X), -1)
+    history = model.fit(X, Y, batch_size=len(X), epochs=2, shuffle=False, verbose=0,
+                        callbacks=[WeightPerturbationWarmup(start_epoch=1)])
+    # epoch 0: a plain SGD step, no perturbation
+    _, gw, gb, _ = loss_and_gradients(w, b, x, Y)
+    w1, b1 = w - LR * gw, b - LR * gb
+    assert history.history["awp_norm"][0] == 0.0 and history.history["awp_loss_gain"][0] == 0.0
+    # epoch 1: Wu et al.'s step from there, at the model's full gamma
+    w2, b2, norm, _, loss = expected_awp_step(w1, b1, x, Y)
+    kernel, bias = (v.numpy() for v in model.base_model.get_layer("logits").weights)
+    np.testing.assert_allclose(kernel, w2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bias, b2, rtol=1e-5, atol=1e-6)
+    assert history.history["awp_norm"][1] == pytest.approx(norm, rel=1e-5)
+    assert history.history["task_loss"][1] == pytest.approx(loss, rel=1e-5)
+
+    # Stopped inside the warm-up: the model is left at its gamma, which is not saved with it.
+    history = model.fit(X, Y, batch_size=len(X), epochs=1, verbose=0, callbacks=[WeightPerturbationWarmup(5)])
+    assert history.history["awp_norm"][0] == 0.0 and float(model.awp_gamma) == pytest.approx(GAMMA)
+    model.save(tmp_path / "warm.keras")
+    loaded = keras.models.load_model(tmp_path / "warm.keras")
+    assert float(loaded.awp_gamma) == pytest.approx(GAMMA)
+    assert len(loaded.weights) == len(compiled(HardenedModel(linear_model())).weights)
+
+
+def test_the_warm_up_ramps_linearly_and_resumes_by_fits_initial_epoch():
+    warmup = WeightPerturbationWarmup(start_epoch=1, end_epoch=3)
+    assert [warmup.value(e, gamma=0.3) for e in range(5)] == pytest.approx([0.0, 0.0, 0.15, 0.3, 0.3])
+    model = compiled(HardenedModel(linear_model(), weight_perturbation=AdversarialWeightPerturbation(GAMMA)))
+    w = model.base_model.get_layer("logits").kernel.numpy()
+    history = model.fit(X, Y, batch_size=len(X), initial_epoch=2, epochs=3, verbose=0, callbacks=[warmup])
+    # epoch 2 of a ramp from 1 to 3: half the gamma, so half the perturbation's norm
+    assert history.history["awp_norm"][0] == pytest.approx(GAMMA / 2 * np.linalg.norm(w), rel=1e-5)
+
+
+@pytest.mark.parametrize("start, end, match", [
+    (-1, None, r"start_epoch must be an integer >= 0\. Received: start_epoch=-1"),
+    (3, 2, r"Expected start_epoch <= end_epoch\. Received: start_epoch=3, end_epoch=2"),
+])
+def test_a_bad_warm_up_is_rejected_naming_it(start, end, match):
+    with pytest.raises(ValueError, match=match):
+        WeightPerturbationWarmup(start, end)
+
+
+def test_the_warm_up_needs_a_model_with_awp():
+    model = compiled(harden(linear_model(), method="pgd", eps=EPS, steps=1))
+    with pytest.raises(ValueError, match=r"adversarial weight perturbation .*Received: model '\w+' without one"):
+        model.fit(X, Y, epochs=1, verbose=0, callbacks=[WeightPerturbationWarmup(1)])
 
 
 def test_awp_is_computed_on_the_adversarial_examples():

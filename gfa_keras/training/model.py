@@ -236,6 +236,11 @@ class HardenedModel(keras.Model):
         }
         if weight_perturbation is not None:
             self._penalty_trackers.update({m: keras.metrics.Mean(name=m) for m in _AWP_METRICS})
+            # AWP's gamma as the step reads it, for `WeightPerturbationWarmup` to change between
+            # epochs without retracing. A tf.Variable, which Keras does not save: a loaded model
+            # starts at the configured gamma whatever epoch of a warm-up it was saved in.
+            self.awp_gamma = tf.Variable(weight_perturbation.gamma, trainable=False, dtype=tf.float32,
+                                         name="awp_gamma")
         self._ema_pairs = []
         if ema_momentum is not None:
             self._ema_pairs = [
@@ -408,7 +413,7 @@ class HardenedModel(keras.Model):
             gradients = list(gradients)
             for i, g in zip(present, reduced):
                 gradients[i] = g
-        deltas = self.weight_perturbation.deltas(perturbed, gradients)
+        deltas = self.weight_perturbation.deltas(perturbed, gradients, gamma=self.awp_gamma)
         if statistics:
             update_variables(statistics, saved, lambda v, value: v.assign(value))
         update_variables(perturbed, deltas, lambda v, d: v.assign_add(d))

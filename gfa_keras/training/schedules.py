@@ -1,11 +1,12 @@
-"""Schedules for hardened training: a penalty-weight warm-up and a cyclic learning rate."""
+"""Schedules for hardened training: warm-ups of a penalty's weight and of adversarial weight
+perturbation, and a cyclic learning rate."""
 from __future__ import annotations
 
 import keras
 
 from gfa_keras.validation import check_int, check_number, check_positive_int
 
-__all__ = ["PenaltyWarmup", "CyclicLearningRate", "warmup_value"]
+__all__ = ["PenaltyWarmup", "WeightPerturbationWarmup", "CyclicLearningRate", "warmup_value"]
 
 
 def warmup_value(epoch, target, start_epoch, end_epoch):
@@ -45,15 +46,7 @@ class PenaltyWarmup(keras.callbacks.Callback):
         super().__init__()
         self.regularizer = regularizer
         self.target = check_number("target", target, low=0.0)
-        start_epoch = check_int("start_epoch", start_epoch, minimum=0)
-        end_epoch = check_int("end_epoch", end_epoch, minimum=0)
-        if end_epoch < start_epoch:
-            raise ValueError(
-                "The warm-up ends before it starts. Expected start_epoch <= end_epoch. "
-                f"Received: start_epoch={start_epoch}, end_epoch={end_epoch}"
-            )
-        self.start_epoch = start_epoch
-        self.end_epoch = end_epoch
+        self.start_epoch, self.end_epoch = _check_ramp(start_epoch, end_epoch)
 
     def value(self, epoch):
         return warmup_value(epoch, self.target, self.start_epoch, self.end_epoch)
@@ -69,6 +62,71 @@ class PenaltyWarmup(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.model.penalty_weights[self.regularizer].assign(self.value(epoch))
+
+
+def _check_ramp(start_epoch, end_epoch):
+    start_epoch = check_int("start_epoch", start_epoch, minimum=0)
+    end_epoch = check_int("end_epoch", end_epoch, minimum=0)
+    if end_epoch < start_epoch:
+        raise ValueError(
+            "The warm-up ends before it starts. Expected start_epoch <= end_epoch. "
+            f"Received: start_epoch={start_epoch}, end_epoch={end_epoch}"
+        )
+    return start_epoch, end_epoch
+
+
+class WeightPerturbationWarmup(keras.callbacks.Callback):
+    """Trains without adversarial weight perturbation (AWP) for the first epochs.
+
+    AWP's gamma is 0 for epochs before `start_epoch`, grows linearly to the model's own
+    gamma (`harden(..., awp_gamma=...)`) at `end_epoch` (by default the same epoch: a
+    switch), and stays there; when `fit` returns, the model is left at its own gamma.
+    Wu et al.'s code has the same switch (`--awp-warmup`: 10 epochs for TRADES + AWP).
+    Use it when AWP keeps a model from leaving chance at the start: the small CNN (no
+    batch norm) trained from scratch with SGD (momentum 0.9, rate 0.03 to 0.1) stayed at
+    chance under PGD-5 + AWP (gamma 5e-3) while PGD-5 alone trained, and trained on once AWP
+    came in after 100 steps without it (docs/RESULTS.md, session 39).
+
+    Epochs are `fit`'s: to resume a run in several `fit` calls, pass `initial_epoch`.
+
+    Args:
+        start_epoch: The first epoch (0-based) with AWP on (>= 0).
+        end_epoch: The epoch at which gamma reaches the model's (>= start_epoch); default
+            `start_epoch`.
+
+    Raises:
+        ValueError: For negative epochs or a ramp that ends before it starts; when
+            training begins, for a model without AWP.
+
+    Example:
+
+    >>> warmup = WeightPerturbationWarmup(start_epoch=1)
+    >>> [warmup.value(e, gamma=5e-3) for e in range(3)]
+    [0.0, 0.005, 0.005]
+    """
+
+    def __init__(self, start_epoch=1, end_epoch=None):
+        super().__init__()
+        self.start_epoch, self.end_epoch = _check_ramp(start_epoch, start_epoch if end_epoch is None else end_epoch)
+
+    def value(self, epoch, gamma):
+        return warmup_value(epoch, gamma, self.start_epoch, self.end_epoch)
+
+    def _gamma(self):
+        return self.model.weight_perturbation.gamma
+
+    def on_train_begin(self, logs=None):
+        if getattr(self.model, "weight_perturbation", None) is None:
+            raise ValueError(
+                "WeightPerturbationWarmup needs a hardened model with adversarial weight perturbation "
+                f"(harden(..., awp_gamma=...)). Received: model {self.model.name!r} without one"
+            )
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.awp_gamma.assign(self.value(epoch, self._gamma()))
+
+    def on_train_end(self, logs=None):
+        self.model.awp_gamma.assign(self._gamma())
 
 
 @keras.saving.register_keras_serializable(package="gfa_keras")

@@ -64,16 +64,19 @@ class AdversarialWeightPerturbation:
         """The variables AWP moves: the trainable ones with two or more dimensions."""
         return [v for v in variables if len(v.shape) >= 2]
 
-    def deltas(self, variables, gradients):
+    def deltas(self, variables, gradients, gamma=None):
         """The weight perturbation for each variable (zeros where the gradient is None or 0).
 
         Args:
             variables: The perturbed variables.
             gradients: The objective's gradient for each, over the whole (global) batch.
+            gamma: The relative size to use instead of `self.gamma`, e.g. a variable that a
+                warm-up (`WeightPerturbationWarmup`) changes between epochs.
 
         Returns:
             A list of tensors shaped like the variables.
         """
+        gamma = tf.cast(self.gamma if gamma is None else gamma, tf.float32)
         out = []
         for variable, gradient in zip(variables, gradients):
             weight = tf.cast(variable, tf.float32)
@@ -82,7 +85,7 @@ class AdversarialWeightPerturbation:
                 continue
             gradient = tf.cast(gradient, tf.float32)
             # The floor keeps a zero gradient (a dead layer) from becoming NaN.
-            scale = self.gamma * tf.norm(weight) / tf.maximum(tf.norm(gradient), 1e-20)
+            scale = gamma * tf.norm(weight) / tf.maximum(tf.norm(gradient), 1e-20)
             out.append(scale * gradient)
         return out
 
