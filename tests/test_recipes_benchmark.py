@@ -230,19 +230,23 @@ def test_publish_without_runs_copies_nothing(tmp_path, capsys):
     assert not (tmp_path / "to").exists()
 
 
-def test_a_cosine_recipe_decays_over_the_whole_run_and_resumes_on_its_curve(tmp_path, capsys, monkeypatch):
-    import keras
-    common = ["--dataset", "digits", "--recipes", "pgd_cosine", "--seeds", "0", "--runs", str(tmp_path),
-              "--train-size", "256", "--epochs", "2", "--verbose", "0"]  # 2 epochs of 2 steps
-    directory = tmp_path / "digits" / "pgd_cosine" / "seed0"
-
-    # Killed after the first epoch was saved, before its held-out check.
+def _train_killed_after_the_first_epoch(capsys, monkeypatch, common):
+    """`train` with `common` arguments, killed after the first epoch was saved, before its held-out check."""
     def killed(*args):
         raise KeyboardInterrupt
     with monkeypatch.context() as patch:
         patch.setattr(bench, "held_out_epoch", killed)
         with pytest.raises(KeyboardInterrupt):
             _run(capsys, "train", *common)
+
+
+def test_a_cosine_recipe_decays_over_the_whole_run_and_resumes_on_its_curve(tmp_path, capsys, monkeypatch):
+    import keras
+    common = ["--dataset", "digits", "--recipes", "pgd_cosine", "--seeds", "0", "--runs", str(tmp_path),
+              "--train-size", "256", "--epochs", "2", "--verbose", "0"]  # 2 epochs of 2 steps
+    directory = tmp_path / "digits" / "pgd_cosine" / "seed0"
+
+    _train_killed_after_the_first_epoch(capsys, monkeypatch, common)
     progress = json.loads((directory / "progress.json").read_text())
     assert progress["epochs_done"] == 1 and progress["held_out"] == []
     assert progress["optimizer"] == "Adam(cosine decay from 0.001 to 0 over 4 steps)"
@@ -266,13 +270,7 @@ def test_an_sgd_recipe_trains_with_momentum_on_its_piecewise_rate_and_resumes_on
               "--train-size", "256", "--epochs", "2", "--verbose", "0"]  # 2 epochs of 2 steps
     directory = tmp_path / "digits" / "pgd_sgd" / "seed0"
     rate = bench.SGD_LEARNING_RATE
-
-    def killed(*args):  # after the first epoch was saved
-        raise KeyboardInterrupt
-    with monkeypatch.context() as patch:
-        patch.setattr(bench, "held_out_epoch", killed)
-        with pytest.raises(KeyboardInterrupt):
-            _run(capsys, "train", *common)
+    _train_killed_after_the_first_epoch(capsys, monkeypatch, common)
     progress = json.loads((directory / "progress.json").read_text())
     # the schedule spans the 2 epochs asked for, not the 1 run so far: 10x down after steps 2 and 3
     assert progress["optimizer"] == f"SGD(momentum 0.9, {rate}, divided by 10 after steps 2 and 3)"
