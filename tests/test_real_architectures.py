@@ -85,8 +85,8 @@ class RecordingAWP(AdversarialWeightPerturbation):
         super().__init__(gamma)
         self.drawn = []
 
-    def deltas(self, variables, gradients):
-        deltas = super().deltas(variables, gradients)
+    def deltas(self, variables, gradients, gamma=None):
+        deltas = super().deltas(variables, gradients, gamma)
         self.drawn = [(variable, delta.numpy()) for variable, delta in zip(variables, deltas)]
         return deltas
 
