@@ -328,7 +328,7 @@ def train(args, recipe, seed):
                         passes=RECIPES[recipe]["passes"],
                         train_size=len(x), validation_size=len(x_val), batch_size=BATCH_SIZE,
                         optimizer=optimizer_description(rate, model.optimizer.weight_decay,
-                                                                  RECIPES[recipe].get("optimizer", "adam")),
+                                                        RECIPES[recipe].get("optimizer", "adam")),
                         epochs_done=0, epoch_seconds=[], epoch_finished_at=[], held_out_seconds=[], history=[],
                         held_out=[], best_epoch=None, command=" ".join(sys.argv))
     if len(progress["held_out"]) < progress["epochs_done"]:

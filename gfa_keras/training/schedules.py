@@ -90,7 +90,8 @@ class WeightPerturbationWarmup(keras.callbacks.Callback):
     Epochs are `fit`'s: to resume a run in several `fit` calls, pass `initial_epoch`.
 
     Args:
-        start_epoch: The first epoch (0-based) with AWP on (>= 0).
+        start_epoch: The epoch (0-based, >= 0) the ramp starts from 0; with the default
+            `end_epoch`, the first epoch with AWP fully on.
         end_epoch: The epoch at which gamma reaches the model's (>= start_epoch); default
             `start_epoch`.
 
