@@ -216,12 +216,17 @@ def balanced_subset(x, y, size, num_classes):
     return x[keep], y[keep]
 
 
+def optimizer_kind(recipe):
+    """"adam" (every recipe but the "_sgd" variants) or "sgd"."""
+    return RECIPES[recipe].get("optimizer", "adam")
+
+
 def learning_rate(recipe, total_steps):
     """The recipe's learning rate: its constant (`LEARNING_RATE` for Adam, `SGD_LEARNING_RATE` for
     SGD, unless it names another), or a schedule over the whole run (`total_steps`, all epochs: the
     step count is saved with the optimizer, so a resumed run continues the same curve): "cosine"
     decays to 0, "piecewise" drops 10x after each of `PIECEWISE_DECAYS`' fractions of the run."""
-    base = SGD_LEARNING_RATE if RECIPES[recipe].get("optimizer") == "sgd" else LEARNING_RATE
+    base = SGD_LEARNING_RATE if optimizer_kind(recipe) == "sgd" else LEARNING_RATE
     rate = RECIPES[recipe].get("learning_rate", base)
     if rate == "cosine":
         return keras.optimizers.schedules.CosineDecay(base, decay_steps=total_steps)
@@ -245,7 +250,7 @@ def optimizer_description(rate, weight_decay=None, optimizer="adam"):
 
 
 def make_optimizer(recipe, rate):
-    if RECIPES[recipe].get("optimizer") == "sgd":
+    if optimizer_kind(recipe) == "sgd":
         return keras.optimizers.SGD(rate, momentum=SGD_MOMENTUM, weight_decay=RECIPES[recipe].get("weight_decay"))
     return keras.optimizers.Adam(rate, weight_decay=RECIPES[recipe].get("weight_decay"))
 
@@ -327,8 +332,7 @@ def train(args, recipe, seed):
         progress = dict(recipe=recipe, seed=seed, architecture=args.architecture, harden=options,
                         passes=RECIPES[recipe]["passes"],
                         train_size=len(x), validation_size=len(x_val), batch_size=BATCH_SIZE,
-                        optimizer=optimizer_description(rate, model.optimizer.weight_decay,
-                                                        RECIPES[recipe].get("optimizer", "adam")),
+                        optimizer=optimizer_description(rate, model.optimizer.weight_decay, optimizer_kind(recipe)),
                         epochs_done=0, epoch_seconds=[], epoch_finished_at=[], held_out_seconds=[], history=[],
                         held_out=[], best_epoch=None, command=" ".join(sys.argv))
     if len(progress["held_out"]) < progress["epochs_done"]:

@@ -238,7 +238,8 @@ class HardenedModel(keras.Model):
             self._penalty_trackers.update({m: keras.metrics.Mean(name=m) for m in _AWP_METRICS})
             # AWP's gamma as the step reads it, for `WeightPerturbationWarmup` to change between
             # epochs without retracing. A tf.Variable, which Keras does not save: a loaded model
-            # starts at the configured gamma whatever epoch of a warm-up it was saved in.
+            # starts at the configured gamma whatever epoch of a warm-up it was saved in. At gamma
+            # 0 the ascent pass still runs (no branch on a variable around an all-reduce).
             self.awp_gamma = tf.Variable(weight_perturbation.gamma, trainable=False, dtype=tf.float32,
                                          name="awp_gamma")
         self._ema_pairs = []
