@@ -62,7 +62,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from gfa_keras import WeightPerturbationWarmup, evaluate_robustness, harden  # noqa: E402
+from gfa_keras import EpsilonWarmup, WeightPerturbationWarmup, evaluate_robustness, harden  # noqa: E402
 from gfa_keras.architectures import ARCHITECTURES, build_architecture  # noqa: E402
 from gfa_keras.atomic_files import save_model, write_json  # noqa: E402
 from gfa_keras.data import as_tf_dataset, load_dataset  # noqa: E402
@@ -158,9 +158,9 @@ WEIGHT_DECAY = 0.05
 SGD_LEARNING_RATE = 0.1
 SGD_MOMENTUM = 0.9
 PIECEWISE_DECAYS = (0.5, 0.75)  # fractions of the run's steps after which the rate drops 10x
-# Optimizer variants: suffix -> (the one setting a variant adds to its base recipe, the bases). Each
-# is its base plus that setting, so a paired comparison reads off what the setting alone buys.
-OPTIMIZER_VARIANTS = {
+# Variants of the training: suffix -> (the one setting a variant adds to its base recipe, the bases).
+# Each is its base plus that setting, so a paired comparison reads off what the setting alone buys.
+VARIANTS = {
     # A learning rate decayed to 0 over the run (the "bag of tricks"' piecewise decay, smoothly),
     # for the reference and the long PGD-3 and PGD-5 recipes (PGD-5's added after the screening).
     "_cosine": (dict(learning_rate="cosine"), ("pgd", "pgd3_ema_long", "pgd5_ema_long")),
@@ -186,8 +186,12 @@ OPTIMIZER_VARIANTS = {
     # comes in after one epoch (`WeightPerturbationWarmup`; Wu et al.'s `--awp-warmup`): from the
     # first step it kept the small CNN at chance under SGD (session 39); no-op without AWP.
     "_sgd": (dict(optimizer="sgd", learning_rate="piecewise", awp_warmup_epochs=1), ("pgd", "pgd5_awp_ema")),
+    # The training radius ramped from 0 to eps over the first 3 of 15 epochs (`EpsilonWarmup`; a
+    # curriculum, Cai et al. 2018): the small CNNs still underfit their attacked points at epoch 15,
+    # and a model that first learns nearer the clean points may reach better robust features.
+    "_epswarm": (dict(eps_warmup_epochs=3), ("pgd", "pgd5_awp_ema")),
 }
-for _suffix, (_setting, _bases) in OPTIMIZER_VARIANTS.items():
+for _suffix, (_setting, _bases) in VARIANTS.items():
     for _base in _bases:
         RECIPES[_base + _suffix] = dict(RECIPES[_base], **_setting)
 REFERENCE = "pgd"
@@ -301,11 +305,15 @@ def held_out_epoch(progress, model, directory, x_val, y_val, eps):
 
 
 def training_callbacks(recipe, model):
-    """The recipe's callbacks for `fit`: AWP's warm-up where it has one and AWP."""
-    warmup = RECIPES[recipe].get("awp_warmup_epochs")
-    if warmup and model.weight_perturbation is not None:
-        return [WeightPerturbationWarmup(start_epoch=warmup)]
-    return []
+    """The recipe's callbacks for `fit`: AWP's warm-up where it has one and AWP, the radius'
+    warm-up where it has one (its ramp counts the optimizer's steps: resumed runs continue it)."""
+    callbacks = []
+    awp_warmup, eps_warmup = RECIPES[recipe].get("awp_warmup_epochs"), RECIPES[recipe].get("eps_warmup_epochs")
+    if awp_warmup and model.weight_perturbation is not None:
+        callbacks.append(WeightPerturbationWarmup(start_epoch=awp_warmup))
+    if eps_warmup:
+        callbacks.append(EpsilonWarmup(epochs=eps_warmup))
+    return callbacks
 
 
 def recipe_epochs(args, recipe):

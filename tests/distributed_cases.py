@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from gfa_keras import HardenedModel, harden
 from gfa_keras.training.monitors import CatastrophicOverfittingMonitor, CollapseGuard
-from gfa_keras.training.schedules import WeightPerturbationWarmup
+from gfa_keras.training.schedules import EpsilonWarmup, WeightPerturbationWarmup
 from gfa_keras.training.perturbations import FGSM, NFGSM, PGD
 from gfa_keras.training.regularizers import (
     AdversarialMargin, GradAlign, GradientFeatureAlignment, InputGradientNorm, MisclassificationAwareKL, TradesKL,
@@ -106,6 +106,9 @@ CALLBACKS = {
     ],
     # AWP off in epoch 0, on in epoch 1: the warm-up writes the (mirrored) gamma between epochs.
     "pgd_awp": lambda validation: [WeightPerturbationWarmup(start_epoch=1)],
+    # The training radius ramped over 3 steps: the ramp reads the (mirrored) optimizer step count,
+    # and TRADES' inner attack runs at its fraction of eps on every replica.
+    "trades_awp_ema": lambda validation: [EpsilonWarmup(steps=3)],
 }
 
 # What 2 replicas would train if each replica's penalty were not divided by the number of

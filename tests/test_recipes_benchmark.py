@@ -47,15 +47,16 @@ def test_the_full_budget_variant_of_pgd5_awp_stays_inside_pgd7s_gradient_passes(
 
 
 @pytest.mark.parametrize("suffix, recipe", [(suffix, base + suffix)
-                                            for suffix, (_, bases) in bench.OPTIMIZER_VARIANTS.items()
+                                            for suffix, (_, bases) in bench.VARIANTS.items()
                                             for base in bases])
-def test_an_optimizer_variant_is_its_base_recipe_with_its_one_setting_only(suffix, recipe):
+def test_a_variant_is_its_base_recipe_with_its_one_setting_only(suffix, recipe):
     # the setting's gain is read off a paired comparison, so nothing else may differ
     expected = {"_cosine": {"learning_rate": "cosine"}, "_wd": {"weight_decay": bench.WEIGHT_DECAY},
                 "_lr2": {"learning_rate": 2 * bench.LEARNING_RATE},
                 "_lr05": {"learning_rate": 0.5 * bench.LEARNING_RATE},
                 "_lr3": {"learning_rate": 3 * bench.LEARNING_RATE},
-                "_sgd": {"optimizer": "sgd", "learning_rate": "piecewise", "awp_warmup_epochs": 1}}[suffix]
+                "_sgd": {"optimizer": "sgd", "learning_rate": "piecewise", "awp_warmup_epochs": 1},
+                "_epswarm": {"eps_warmup_epochs": 3}}[suffix]
     variant = dict(bench.RECIPES[recipe])
     assert {key: variant.pop(key) for key in expected} == expected
     assert variant == bench.RECIPES[recipe.removesuffix(suffix)]
@@ -297,6 +298,20 @@ def test_the_sgd_recipe_warms_awp_up_for_one_epoch_and_a_resumed_run_keeps_it_on
     assert history[0]["awp_norm"] == 0.0 and history[0]["awp_loss_gain"] == 0.0
     assert history[1]["awp_norm"] > 0.0
     assert bench.training_callbacks("pgd_sgd", bench.make_model("pgd_sgd", "digits", (8, 8, 1), 10, 0, 0.1)[0]) == []
+
+
+def test_the_radius_warm_up_variant_trains_nearer_the_clean_points_first(tmp_path, capsys):
+    common = ["--dataset", "digits", "--seeds", "0", "--runs", str(tmp_path), "--train-size", "256",
+              "--verbose", "0", "--epochs", "1", "--recipes"]
+    for recipe in ("pgd", "pgd_epswarm"):
+        _run(capsys, "train", *common, recipe)
+    first = {recipe: json.loads((tmp_path / "digits" / recipe / "seed0" / "progress.json").read_text())["history"][0]
+             for recipe in ("pgd", "pgd_epswarm")}
+    # the same seed, initial weights and data: the ramp's smaller balls give a lower attacked loss
+    assert first["pgd_epswarm"]["task_loss"] < first["pgd"]["task_loss"] - 0.01
+    model = bench.make_model("pgd_epswarm", "digits", (8, 8, 1), 10, 0, 1e-3)[0]
+    warmup, = bench.training_callbacks("pgd_epswarm", model)
+    assert isinstance(warmup, bench.EpsilonWarmup) and warmup.epochs == 3
 
 
 def test_seed_summary_pairs_the_gain_seed_by_seed_and_only_over_shared_seeds():

@@ -26,7 +26,7 @@ from gfa_keras.training.regularizers import (
     AdversarialMargin,
     MisclassificationAwareKL,
 )
-from gfa_keras.training.schedules import CyclicLearningRate, PenaltyWarmup, WeightPerturbationWarmup
+from gfa_keras.training.schedules import CyclicLearningRate, EpsilonWarmup, PenaltyWarmup, WeightPerturbationWarmup
 from gfa_keras.training.weight_perturbation import AdversarialWeightPerturbation
 
 __all__ = [
@@ -35,6 +35,6 @@ __all__ = [
     "Perturbation", "FGSM", "NFGSM", "PGD", "Regularizer", "GradientFeatureAlignment", "InputGradientNorm",
     "TradesKL", "AdversarialMargin", "MisclassificationAwareKL", "GradAlign", "CatastrophicOverfittingMonitor",
     "CollapseGuard", "TrainingCollapsedError",
-    "PenaltyWarmup", "WeightPerturbationWarmup", "CyclicLearningRate", "fit_resumable",
+    "PenaltyWarmup", "WeightPerturbationWarmup", "EpsilonWarmup", "CyclicLearningRate", "fit_resumable",
     "gradient_feature_alignment", "alignment_penalty",
 ]

@@ -29,7 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gfa_keras.training.perturbations import Perturbation, step_seeds
+from gfa_keras.training.perturbations import Perturbation, radius_scale, step_seeds
 from gfa_keras.training.regularizers import GradientFeatureAlignment, Regularizer, StepTensors
 from gfa_keras.training.taps import MODEL_INPUT, build_feature_extractor
 from gfa_keras.training.weight_perturbation import AdversarialWeightPerturbation, update_variables
@@ -242,6 +242,11 @@ class HardenedModel(keras.Model):
             # 0 the ascent pass still runs (no branch on a variable around an all-reduce).
             self.awp_gamma = tf.Variable(weight_perturbation.gamma, trainable=False, dtype=tf.float32,
                                          name="awp_gamma")
+        if perturbation is not None or any(isinstance(getattr(r, "attack", None), Perturbation)
+                                           for r in regularizers):  # TRADES' KL runs an attack of its own
+            # The length in optimizer steps of `EpsilonWarmup`'s ramp of the training radius; 0
+            # (no ramp) unless the callback is training the model. Not saved, like awp_gamma.
+            self.eps_warmup_steps = tf.Variable(0.0, trainable=False, dtype=tf.float32, name="eps_warmup_steps")
         self._ema_pairs = []
         if ema_momentum is not None:
             self._ema_pairs = [
@@ -358,8 +363,18 @@ class HardenedModel(keras.Model):
         return logs
 
     def train_step(self, data):
-        with step_seeds(self._step_noise_seed()):
+        with step_seeds(self._step_noise_seed()), radius_scale(self._radius_scale()):
             return self._train_step(data)
+
+    def _radius_scale(self):
+        """This step's fraction of the training radius: (step + 1) / warm-up steps, at most 1;
+        1 without a warm-up. The step count is the optimizer's, saved with it, so a resumed
+        run continues the ramp where it stopped."""
+        steps = getattr(self, "eps_warmup_steps", None)
+        if steps is None:
+            return None
+        progress = (tf.cast(self.optimizer.iterations, tf.float32) + 1.0) / tf.maximum(steps, 1.0)
+        return tf.where(steps > 0.0, tf.minimum(progress, 1.0), 1.0)
 
     def _step_noise_seed(self):
         """The seed of this step's noise: the model's seed, the optimizer's step count and,

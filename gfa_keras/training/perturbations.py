@@ -21,8 +21,8 @@ import tensorflow as tf
 from gfa_keras.threat_model import NORMS, project, random_start
 from gfa_keras.validation import check_choice, check_clip_range, check_eps, check_number, check_positive_int
 
-__all__ = ["Perturbation", "FGSM", "NFGSM", "PGD", "cross_entropy_per_example", "check_ball", "step_seed",
-           "step_seeds"]
+__all__ = ["Perturbation", "FGSM", "NFGSM", "PGD", "cross_entropy_per_example", "check_ball", "radius_scale",
+           "step_seed", "step_seeds"]
 
 
 def cross_entropy_per_example(y, logits):
@@ -130,14 +130,14 @@ class FGSM(Perturbation):
         """
         if not self.random_start:
             return x
-        return random_start(x, self.eps, self.norm, self.clip_min, self.clip_max, step_seed())
+        return random_start(x, _scaled(self.eps), self.norm, self.clip_min, self.clip_max, step_seed())
 
     def __call__(self, model, x, y, objective=cross_entropy_per_example):
         x = tf.stop_gradient(tf.cast(x, tf.float32))
         x_start = self.start(x)
         gradient = self._loss_gradient(model, x_start, y, objective)
-        x_adv = project(x_start + _ascent_step(gradient, self.step_size, self.norm), x, self.eps, self.norm,
-                        self.clip_min, self.clip_max)
+        x_adv = project(x_start + _ascent_step(gradient, _scaled(self.step_size), self.norm), x, _scaled(self.eps),
+                        self.norm, self.clip_min, self.clip_max)
         return tf.stop_gradient(x_adv)
 
 
@@ -193,13 +193,13 @@ class NFGSM(Perturbation):
         Returns:
             The noisy points, shaped like `x`.
         """
-        return random_start(x, self.noise_magnitude, self.norm, self.clip_min, self.clip_max, step_seed())
+        return random_start(x, _scaled(self.noise_magnitude), self.norm, self.clip_min, self.clip_max, step_seed())
 
     def __call__(self, model, x, y, objective=cross_entropy_per_example):
         x = tf.stop_gradient(tf.cast(x, tf.float32))
         x_noisy = self.start(x)
         gradient = self._loss_gradient(model, x_noisy, y, objective)
-        x_adv = tf.clip_by_value(x_noisy + _ascent_step(gradient, self.step_size, self.norm),
+        x_adv = tf.clip_by_value(x_noisy + _ascent_step(gradient, _scaled(self.step_size), self.norm),
                                  self.clip_min, self.clip_max)
         return tf.stop_gradient(x_adv)
 
@@ -231,16 +231,17 @@ class PGD(Perturbation):
 
     def __call__(self, model, x, y, objective=cross_entropy_per_example, start=None):
         x = tf.stop_gradient(tf.cast(x, tf.float32))
+        eps, step_size = _scaled(self.eps), _scaled(self.step_size)
         if start is not None:
             x_adv = start
         elif self.random_start:
-            x_adv = random_start(x, self.eps, self.norm, self.clip_min, self.clip_max, step_seed())
+            x_adv = random_start(x, eps, self.norm, self.clip_min, self.clip_max, step_seed())
         else:
             x_adv = x
 
         def ascend(i, x_adv):
             gradient = self._loss_gradient(model, x_adv, y, objective)
-            x_adv = project(x_adv + _ascent_step(gradient, self.step_size, self.norm), x, self.eps, self.norm,
+            x_adv = project(x_adv + _ascent_step(gradient, step_size, self.norm), x, eps, self.norm,
                             self.clip_min, self.clip_max)
             return i + 1, x_adv
 
@@ -248,6 +249,29 @@ class PGD(Perturbation):
         # unrolled loop would grow the graph with every step.
         _, x_adv = tf.while_loop(lambda i, _: i < self.steps, ascend, (tf.constant(0), x_adv))
         return tf.stop_gradient(x_adv)
+
+
+_radius = threading.local()
+
+
+@contextlib.contextmanager
+def radius_scale(scale):
+    """Inside the block the training perturbations work at `scale` (a scalar tensor in
+    [0, 1]) times their radius, step size and noise: `HardenedModel.train_step` passes the
+    ramp of `EpsilonWarmup`. Evaluation and the regularizers' own balls (GradAlign's) keep
+    the full radius; TRADES' inner PGD is a perturbation and ramps with the rest."""
+    outer = getattr(_radius, "scale", None)
+    _radius.scale = scale
+    try:
+        yield
+    finally:
+        _radius.scale = outer
+
+
+def _scaled(value):
+    """`value` times the radius scale in force (the value itself outside `radius_scale`)."""
+    scale = getattr(_radius, "scale", None)
+    return value if scale is None else value * tf.cast(scale, tf.float32)
 
 
 _seeding = threading.local()  # per thread: tf.distribute runs each replica's step in a thread of its own

@@ -1,12 +1,12 @@
-"""Schedules for hardened training: warm-ups of a penalty's weight and of adversarial weight
-perturbation, and a cyclic learning rate."""
+"""Schedules for hardened training: warm-ups of a penalty's weight, of adversarial weight
+perturbation and of the training radius, and a cyclic learning rate."""
 from __future__ import annotations
 
 import keras
 
 from gfa_keras.validation import check_int, check_number, check_positive_int
 
-__all__ = ["PenaltyWarmup", "WeightPerturbationWarmup", "CyclicLearningRate", "warmup_value"]
+__all__ = ["PenaltyWarmup", "WeightPerturbationWarmup", "EpsilonWarmup", "CyclicLearningRate", "warmup_value"]
 
 
 def warmup_value(epoch, target, start_epoch, end_epoch):
@@ -128,6 +128,71 @@ class WeightPerturbationWarmup(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.model.awp_gamma.assign(self._gamma())
+
+
+class EpsilonWarmup(keras.callbacks.Callback):
+    """Ramps the training perturbation's radius up from 0 to eps over the first steps.
+
+    At optimizer step t (counted from 0 over the model's whole training) the perturbation
+    (PGD, FGSM, N-FGSM, TRADES' inner attack) runs at (t + 1) / ramp times its eps, step
+    size and noise, and at its full eps from step `ramp` on, where `ramp` is `steps`, or
+    `epochs` times `fit`'s steps per epoch. The step count is the optimizer's, which
+    checkpoints save: a run resumed in another `fit` call (with or without `initial_epoch`)
+    continues the ramp where it stopped. A curriculum in the sense of Cai et al. 2018 and of
+    the ramp interval-bound training uses (Gowal et al. 2018); evaluation, validation and
+    the regularizers' own balls (GradAlign's) keep the full eps.
+
+    Args:
+        epochs: The ramp's length in epochs (> 0); needs `fit` to know its steps per epoch.
+        steps: The ramp's length in optimizer steps (>= 1). Give `epochs` or `steps`, not both.
+
+    Raises:
+        ValueError: For neither or both lengths, or one that is not positive; when training
+            begins, for a model that trains on no perturbation, or `epochs` without a known
+            number of steps per epoch.
+
+    Example:
+
+    >>> warmup = EpsilonWarmup(steps=4)
+    >>> [warmup.value(t, ramp=4) for t in range(6)]
+    [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    """
+
+    def __init__(self, epochs=None, steps=None):
+        super().__init__()
+        if (epochs is None) == (steps is None):
+            raise ValueError(f"Give EpsilonWarmup the ramp's epochs or its steps, one of them. "
+                             f"Received: epochs={epochs!r}, steps={steps!r}")
+        self.epochs = None if epochs is None else check_number("epochs", epochs, low=0.0, low_open=True)
+        self.steps = None if steps is None else check_positive_int("steps", steps)
+
+    @staticmethod
+    def value(step, ramp):
+        """The fraction of eps at optimizer step `step` (0-based) of a `ramp`-step ramp."""
+        return min(1.0, (step + 1) / ramp)
+
+    def ramp_steps(self):
+        """The ramp's length in optimizer steps, for the `fit` under way."""
+        if self.steps is not None:
+            return self.steps
+        per_epoch = self.params.get("steps") if self.params else None
+        if not per_epoch:
+            raise ValueError(
+                "EpsilonWarmup(epochs=...) needs the number of steps per epoch, which fit does not know for "
+                "this data (a dataset of unknown length). Pass steps_per_epoch to fit, or give "
+                f"EpsilonWarmup(steps=...). Received: epochs={self.epochs}, steps per epoch {per_epoch!r}")
+        return max(1, round(self.epochs * per_epoch))
+
+    def on_train_begin(self, logs=None):
+        if getattr(self.model, "eps_warmup_steps", None) is None:
+            raise ValueError(
+                "EpsilonWarmup needs a hardened model that trains on perturbed points (a perturbation such "
+                f"as PGD, or TRADES). Received: model {self.model.name!r} without one")
+        self.model.eps_warmup_steps.assign(float(self.ramp_steps()))
+
+    def on_train_end(self, logs=None):
+        # Back to the full radius: later fits without the callback train at eps.
+        self.model.eps_warmup_steps.assign(0.0)
 
 
 @keras.saving.register_keras_serializable(package="gfa_keras")
