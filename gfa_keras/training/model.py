@@ -8,6 +8,8 @@ One step, whatever the method:
 1. `x_train = perturbation(x)` when there is one (adversarial training), else x. The
    step's noise (random starts and the like) is a function of the model's `seed` and
    the optimizer's step count, both saved: a resumed run repeats the straight one.
+   During an `EpsilonWarmup` the perturbation (and TRADES' inner attack) runs at a
+   fraction of eps that grows with the same step count.
 2. With a weight perturbation (AWP): the objective of steps 3-4 at the current weights,
    its gradient, and the kernels moved by the weight-ascent step (removed after step 5).
 3. Under an outer tape, an inner tape records the forward pass through a multi-output
