@@ -669,6 +669,7 @@ def as_tf_dataset(
     shuffle: bool = False,
     seed: int = 0,
     sample_weight: np.ndarray | None = None,
+    augment: Callable | None = None,
 ) -> tf.data.Dataset:
     """Builds a batched, prefetched `tf.data.Dataset` of `(x, y)` or `(x, y, sample_weight)`.
 
@@ -686,12 +687,16 @@ def as_tf_dataset(
         shuffle: Whether to reshuffle all examples at every pass (epoch).
         seed: Seed of the shuffling, so the sequence of epochs is reproducible.
         sample_weight: Optional per-example weights, yielded as a third element.
+        augment: Optional `augment(x_batch, seed) -> x_batch`, e.g.
+            `gfa_keras.augmentation.CropFlip(4)`; the seed of the k-th batch is `(seed, k)`,
+            so a resumed run that passes the epoch's seed again sees the same batches.
 
     Returns:
         A `tf.data.Dataset` ready for `model.fit` or `model.evaluate`.
 
     Raises:
-        ValueError: If the lengths differ or `batch_size` is not a positive integer.
+        ValueError: If the lengths differ, `batch_size` is not a positive integer or
+            `augment` is not callable.
 
     Example:
 
@@ -702,6 +707,9 @@ def as_tf_dataset(
     ...               shuffle=False)  # the dataset shuffles itself
     """
     batch_size = check_positive_int("batch_size", batch_size)
+    if augment is not None and not callable(augment):
+        raise ValueError(f"augment must be a function of (x_batch, seed), such as CropFlip(4). "
+                         f"Received: augment={augment!r}")
     arrays = (x, y) if sample_weight is None else (x, y, sample_weight)
     lengths = [len(a) for a in arrays]
     if len(set(lengths)) != 1:
@@ -715,6 +723,9 @@ def as_tf_dataset(
     if shuffle:
         indices = indices.shuffle(lengths[0], seed=seed, reshuffle_each_iteration=True)
     dataset = indices.batch(batch_size).map(lambda i: tuple(tf.gather(t, i) for t in tensors))
+    if augment is not None:
+        dataset = dataset.enumerate().map(
+            lambda k, batch: (augment(batch[0], tf.stack([tf.constant(seed, tf.int64), k])), *batch[1:]))
     # Gathering a batch is cheap: a fixed prefetch keeps up without the autotuner,
     # whose thread is what holds up the iterator's teardown.
     options = tf.data.Options()

@@ -21,6 +21,7 @@ ALLOWED = {
     "atomic_files": set(),
     "lazy_imports": set(),
     "data": {"validation"},
+    "augmentation": {"validation"},
     "architectures": {"validation"},
     "training": {"atomic_files", "validation", "threat_model"},
     "attacks": {"validation", "threat_model"},

@@ -56,7 +56,7 @@ def test_a_variant_is_its_base_recipe_with_its_one_setting_only(suffix, recipe):
                 "_lr05": {"learning_rate": 0.5 * bench.LEARNING_RATE},
                 "_lr3": {"learning_rate": 3 * bench.LEARNING_RATE},
                 "_sgd": {"optimizer": "sgd", "learning_rate": "piecewise", "awp_warmup_epochs": 1},
-                "_epswarm": {"eps_warmup_epochs": 3}}[suffix]
+                "_epswarm": {"eps_warmup_epochs": 3}, "_augment": {"augment": True}}[suffix]
     variant = dict(bench.RECIPES[recipe])
     assert {key: variant.pop(key) for key in expected} == expected
     assert variant == bench.RECIPES[recipe.removesuffix(suffix)]
@@ -312,6 +312,20 @@ def test_the_radius_warm_up_variant_trains_nearer_the_clean_points_first(tmp_pat
     model = bench.make_model("pgd_epswarm", "digits", (8, 8, 1), 10, 0, 1e-3)[0]
     warmup, = bench.training_callbacks("pgd_epswarm", model)
     assert isinstance(warmup, bench.EpsilonWarmup) and warmup.epochs == 3
+
+
+def test_the_augmented_variant_trains_on_crops_and_flips_and_records_them(tmp_path, capsys):
+    common = ["--dataset", "digits", "--seeds", "0", "--runs", str(tmp_path), "--train-size", "256",
+              "--verbose", "0", "--epochs", "1", "--recipes"]
+    progress = {}
+    for recipe in ("pgd", "pgd_augment"):
+        _run(capsys, "train", *common, recipe)
+        progress[recipe] = json.loads((tmp_path / "digits" / recipe / "seed0" / "progress.json").read_text())
+    assert progress["pgd_augment"]["augmentation"] == "CropFlip(padding=1, flip=True)"
+    assert progress["pgd"]["augmentation"] is None
+    # the same seed, weights and batches of indices: only the crops and flips differ
+    assert progress["pgd_augment"]["history"][0]["task_loss"] != pytest.approx(
+        progress["pgd"]["history"][0]["task_loss"], abs=1e-4)
 
 
 def test_seed_summary_pairs_the_gain_seed_by_seed_and_only_over_shared_seeds():
