@@ -20,9 +20,9 @@ robust they are.
 
 The package, from the bottom up: `validation` and `threat_model` (shared checks and
 geometry), `data` and `augmentation` (images in, as batches), `training/`, `attacks/`,
-`evaluation/`, `tuning/`, `reports/`, `cli/`; imports only point down. Training is imported at once (its classes must be registered before a
-`.keras` file loads); the evaluation (and with it cleverhans), the tuner and plotting are
-imported when first used.
+`evaluation/`, `tuning/`, `reports/`, `cli/`; imports only point down. Training is
+imported at once (its classes must be registered before a `.keras` file loads); the
+evaluation (and with it cleverhans), the tuner and plotting are imported when first used.
 """
 from gfa_keras.lazy_imports import lazy_attributes
 
