@@ -38,7 +38,6 @@ __all__ = [
 ]
 
 
-
 @dataclasses.dataclass(frozen=True)
 class AttackSpec:
     """A registered attack and what it supports.

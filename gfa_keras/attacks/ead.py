@@ -144,7 +144,8 @@ def _build_fista(model_ref, steps, beta, confidence, learning_rate, decision_rul
             slack = shrunk + momentum * (shrunk - current)
             current = shrunk
 
-            success = _common.margin(tf.cast(model(current), tf.float32), y, targets if hit_target else None) + confidence < 0
+            margin_now = _common.margin(tf.cast(model(current), tf.float32), y, targets if hit_target else None)
+            success = margin_now + confidence < 0
             l1 = tf.reduce_sum(tf.abs(current - x), axis=axes)
             distance = l1 if decision_rule == "L1" else beta * l1 + tf.reduce_sum(tf.square(current - x), axis=axes)
             better = success & (distance < best_distance)

@@ -124,7 +124,10 @@ def _build_evolution(model_ref, steps, pixels, population, mutation, change, cli
         batch = tf.reshape(images, tf.concat([[-1], shape[2:]], 0))
         # The model sees the caller's shape: rank-3 batches get their channel axis only here.
         logits = tf.cast(model(batch[..., 0] if channel_added else batch), tf.float32)
-        repeat = lambda v: tf.reshape(tf.tile(v[:, None], [1, population]), [-1])  # noqa: E731
+
+        def repeat(v):
+            return tf.reshape(tf.tile(v[:, None], [1, population]), [-1])
+
         return tf.reshape(_common.margin(logits, repeat(y), repeat(targets) if hit_target else None), [-1, population])
 
     @tf.function(reduce_retracing=True)

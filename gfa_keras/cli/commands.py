@@ -204,7 +204,8 @@ def _add_evaluation_flags(parser, *, in_train):
         group.add_argument("--norm", choices=NORMS, default="linf", help="threat model (default: linf)")
     group.add_argument("--attack-steps", type=_positive_int, metavar="N",
                        help="iterations of the iterative attacks (default: each attack's own)")
-    group.add_argument("--restarts", type=_positive_int, default=1, help="restarts of the attacks that have them (default: 1)")
+    group.add_argument("--restarts", type=_positive_int, default=1,
+                       help="restarts of the attacks that have them (default: 1)")
     group.add_argument("--minimum-norm", type=_minimum_norm_attacks, default=[], metavar="ATTACKS",
                        help="comma-separated minimum-norm attacks to run too, e.g. deepfool,ead (default: none)")
     group.add_argument("--no-checks", action="store_true", help="skip the gradient-masking checks")

@@ -210,7 +210,7 @@ def evaluate_robustness(
     versions = _versions()
     if shard is None:
         report = complete_report(settings, name, versions, part.correct, part.broken_by, part.norms, payload, probe,
-                                  selected)
+                                 selected)
     else:
         if payload["sample"] is not None:
             payload["sample"]["probes"] = record_probes(settings, name, versions, part, payload, probe, selected)

@@ -263,7 +263,7 @@ def record_probes(settings, model_name, versions, part, payload, probe, selected
         return accuracy
 
     complete_report(settings, model_name, versions, part.correct, part.broken_by, part.norms, payload, recording,
-                     selected - {"more_iterations_change_little"})
+                    selected - {"more_iterations_change_little"})
     if "more_iterations_change_little" in selected:
         specs = _stand_in_specs(settings, payload)
         for spec in specs:

@@ -62,5 +62,3 @@ def render_page(title, sections, written) -> str:
         parts += [_html_figure(path, caption) for path, caption in shown]
     parts.append("</body>\n</html>\n")
     return "".join(parts)
-
-

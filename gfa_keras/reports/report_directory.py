@@ -282,14 +282,14 @@ def _summary_rows(models):
     """Header and rows: model, clean, worst case per (norm, eps), attacks, budget, points, flags fired."""
     robust = {n: m["robustness"] for n, m in models.items() if m.get("robustness")}
     columns = sorted({(r["norm"], e) for r in robust.values() for e in r["eps"]})
-    header = ["model", "clean"] + [f"{norm} eps={e:g}" for norm, e in columns] + ["attacks", "budget", "points",
-                                                                                   "flags"]
+    header = (["model", "clean"] + [f"{norm} eps={e:g}" for norm, e in columns]
+              + ["attacks", "budget", "points", "flags"])
     rows = []
     for name, r in robust.items():
         worst = {(r["norm"], e): a for e, a in zip(r["eps"], r["worst_case_accuracy"])}
         fired = [f"{f['check']} ({f['status']})" for f in r.get("flags", []) if f["status"] != "ok"]
-        rows.append([name, format_percent(r["clean_accuracy"])] + [format_percent(worst.get(c)) if c in worst else "-"
-                                                             for c in columns]
+        rows.append([name, format_percent(r["clean_accuracy"])]
+                    + [format_percent(worst[c]) if c in worst else "-" for c in columns]
                     + [", ".join(r["attacks"]), budget_text(r.get("standard"), r.get("standard_reasons", [])),
                        str(r.get("settings", {}).get("num_points", "?")), ", ".join(fired) or "none"])
     return header, rows

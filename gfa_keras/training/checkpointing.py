@@ -189,7 +189,8 @@ def fit_resumable(
             f"Received: initial_epoch={fit_kwargs['initial_epoch']!r}"
         )
     if settings is not None and not isinstance(settings, dict):
-        raise ValueError(f"settings must be a dict (a JSON object). Received: settings of type {type(settings).__name__}")
+        raise ValueError("settings must be a dict (a JSON object). "
+                         f"Received: settings of type {type(settings).__name__}")
     settings = _as_json(settings or {})
     directory = Path(directory)
     checkpoint = None if overwrite else read_checkpoint(directory)

@@ -162,6 +162,11 @@ def _build_gfa(base, options, **kwargs):
                     **kwargs)
 
 
+def _alignment(options):
+    """The GFA penalty as a regularizer at another method's training points."""
+    return GradientFeatureAlignment(options.layers, options.penalty_weight, options.epsilon)
+
+
 def _wrapper(perturbation=None, regularizers=()):
     def build(base, options, **kwargs):
         return HardenedModel(
@@ -195,8 +200,7 @@ for _spec in (
     MethodSpec("hybrid", _wrapper(_pgd, [lambda o: InputGradientNorm(p=2, weight=o.penalty_weight, squared=True)]),
                0.1, True, ("input_gradient_penalty", "input_gradient_weight"),
                description="PGD training + squared input-gradient norm at the PGD points"),
-    MethodSpec("gfa_pgd", _wrapper(_pgd, [lambda o: GradientFeatureAlignment(o.layers, o.penalty_weight,
-                                                                            o.epsilon)]),
+    MethodSpec("gfa_pgd", _wrapper(_pgd, [_alignment]),
                0.01, True, _ALIGNMENT_LOGS, aligned=True,
                description="PGD training + GFA at the PGD points"),
     MethodSpec("fgsm_rs", _wrapper(_fgsm_rs), None, True, (),
@@ -208,8 +212,7 @@ for _spec in (
                0.2, True, ("gradalign_penalty", "gradalign_weight", "gradient_cosine"),
                description="N-FGSM + GradAlign's input-gradient cosine penalty (Andriushchenko & Flammarion "
                            "2020)"),
-    MethodSpec("n_fgsm_gfa", _wrapper(_n_fgsm, [lambda o: GradientFeatureAlignment(o.layers, o.penalty_weight,
-                                                                                  o.epsilon)]),
+    MethodSpec("n_fgsm_gfa", _wrapper(_n_fgsm, [_alignment]),
                0.01, True, _ALIGNMENT_LOGS, aligned=True,
                description="N-FGSM + GFA at the N-FGSM points"),
     MethodSpec("standard", _wrapper(), None, False, (), description="plain training, for comparison"),

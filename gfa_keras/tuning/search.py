@@ -176,7 +176,7 @@ class GFAHyperModel(kt.HyperModel):
         self.reference_task_loss = None
         if reference_task_loss is not None:
             self.reference_task_loss = check_number("reference_task_loss", reference_task_loss, 0.0,
-                                                     low_open=True)
+                                                    low_open=True)
         if named in _NEEDS_ATTACK and self.eps is None:
             raise ValueError(
                 f"objective={objective!r} needs the robust accuracy, which needs an attack bound. Expected "
