@@ -56,7 +56,8 @@ def test_a_variant_is_its_base_recipe_with_its_one_setting_only(suffix, recipe):
                 "_lr05": {"learning_rate": 0.5 * bench.LEARNING_RATE},
                 "_lr3": {"learning_rate": 3 * bench.LEARNING_RATE},
                 "_sgd": {"optimizer": "sgd", "learning_rate": "piecewise", "awp_warmup_epochs": 1},
-                "_epswarm": {"eps_warmup_epochs": 3}, "_augment": {"augment": True}}[suffix]
+                "_epswarm": {"eps_warmup_epochs": 3}, "_augment": {"augment": True},
+                "_eps12": {"train_eps_scale": 1.2}}[suffix]
     variant = dict(bench.RECIPES[recipe])
     assert {key: variant.pop(key) for key in expected} == expected
     assert variant == bench.RECIPES[recipe.removesuffix(suffix)]
@@ -312,6 +313,21 @@ def test_the_radius_warm_up_variant_trains_nearer_the_clean_points_first(tmp_pat
     model = bench.make_model("pgd_epswarm", "digits", (8, 8, 1), 10, 0, 1e-3)[0]
     warmup, = bench.training_callbacks("pgd_epswarm", model)
     assert isinstance(warmup, bench.EpsilonWarmup) and warmup.epochs == 3
+
+
+def test_the_larger_radius_variant_trains_beyond_the_evaluated_eps(tmp_path, capsys):
+    recipes = ("pgd5_awp_ema_epswarm", "pgd5_awp_ema_epswarm_eps12")
+    for recipe in recipes:
+        _run(capsys, "train", "--dataset", "digits", "--seeds", "0", "--runs", str(tmp_path), "--train-size", "256",
+             "--verbose", "0", "--epochs", "1", "--recipes", recipe)
+    progress = {recipe: json.loads((tmp_path / "digits" / recipe / "seed0" / "progress.json").read_text())
+                for recipe in recipes}
+    base, larger = (progress[recipe] for recipe in recipes)
+    assert base["harden"]["eps"] == pytest.approx(0.1) and larger["harden"]["eps"] == pytest.approx(0.12)
+    model = bench.make_model(recipes[1], "digits", (8, 8, 1), 10, 0, 1e-3)[0]
+    (x, y), _, _, _ = bench.load_splits("digits", 64)
+    moved = np.max(np.abs(model.perturbation(model, x, y) - x))
+    assert 0.1 + 1e-3 < moved <= 0.12 + 1e-6  # the training attack reaches past the evaluated 0.1
 
 
 def test_the_augmented_variant_trains_on_crops_and_flips_and_records_them(tmp_path, capsys):
