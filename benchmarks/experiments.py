@@ -222,6 +222,7 @@ def evaluate(args):
     """Clean, FGSM, PGD-20, AutoAttack worst case with DeepFool/EAD, and an APGD-CE eps sweep."""
     directory = run_dir(args.runs, args.dataset, args.arch, args.method, args.tag)
     _, _, (x, y), num_classes = load_splits(args.dataset, None)
+
     def subset(size):
         if not size:
             return (x, y), f"all {len(x)} test points"
@@ -317,7 +318,7 @@ def table(args):
     if sweep_rows:
         eps_list = sweep_rows[0][1].eps
         print("| method | " + " | ".join(f"{e * 255:.0f}/255" if args.dataset.startswith("cifar") else f"{e:.3g}"
-                                        for e in eps_list) + " |")
+                                         for e in eps_list) + " |")
         print("|---|" + "---|" * len(eps_list))
         for method, report in sweep_rows:
             print(f"| {method} | " + " | ".join(_fmt(a) for a in report.worst_case_accuracy) + " |")

@@ -647,7 +647,7 @@ def load_dataset(name: str = "digits", **kwargs) -> DatasetSplits:
     if name in BUILTIN_DATASETS:
         return BUILTIN_DATASETS[name](**kwargs)
     if name.startswith(_TFDS_PREFIX):
-        return load_tfds(name[len(_TFDS_PREFIX) :], **kwargs)
+        return load_tfds(name[len(_TFDS_PREFIX):], **kwargs)
     choices = f"one of {sorted(BUILTIN_DATASETS)}, 'tfds:<name>' or a TFDS data set name"
     try:
         return load_tfds(name, **kwargs)

@@ -71,13 +71,15 @@ def test_deep_gfa_taps_the_resnet18_stem_and_first_block():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(name="resnet", input_shape=(8, 8, 1), num_classes=10), "Unknown architecture. Expected one of ['madry_cnn', 'mlp', 'resnet18', 'small_cnn']. Received: name='resnet'"),
+    (dict(name="resnet", input_shape=(8, 8, 1), num_classes=10),
+     "Unknown architecture. Expected one of ['madry_cnn', 'mlp', 'resnet18', 'small_cnn']. Received: name='resnet'"),
     (dict(name="resnet18", input_shape=(4, 4, 3), num_classes=10), "at least 8x8"),
     (dict(name="mlp", input_shape=(64,), num_classes=10), "(height, width, channels)"),
     (dict(name="mlp", input_shape=(8, 0, 1), num_classes=10), "positive integers"),
     (dict(name="small_cnn", input_shape=(3, 3, 1), num_classes=10), "at least 4x4"),
     (dict(name="madry_cnn", input_shape=(3, 3, 1), num_classes=10), "madry_cnn pools twice"),
-    (dict(name="mlp", input_shape=(8, 8, 1), num_classes=1), "num_classes must be an integer >= 2. Received: num_classes=1"),
+    (dict(name="mlp", input_shape=(8, 8, 1), num_classes=1),
+     "num_classes must be an integer >= 2. Received: num_classes=1"),
 ])
 def test_bad_arguments_say_what_was_expected(kwargs, message):
     with pytest.raises(ValueError) as error:

@@ -152,7 +152,8 @@ def test_report_merges_directories(trained_run, tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["train", "--epochs", "0", "--out", "x"], "argument --epochs: expected a positive integer, received '0'"),
     (["train", "--method", "magic", "--out", "x"], "argument --method: invalid choice: 'magic'"),
-    (["train", "--model", "resnet", "--out", "x"], "expected a built-in architecture ['madry_cnn', 'mlp', 'resnet18', 'small_cnn']"),
+    (["train", "--model", "resnet", "--out", "x"],
+     "expected a built-in architecture ['madry_cnn', 'mlp', 'resnet18', 'small_cnn']"),
     (["evaluate", "m.keras"], "the following arguments are required: --out"),
     (["evaluate", "m.keras", "--out", "x", "--attacks", "bogus"], "unknown attack(s) ['bogus']"),
     (["evaluate", "m.keras", "--out", "x", "--eps", "-1"], "expected a finite number >= 0, received '-1'"),

@@ -56,7 +56,8 @@ def test_digits_split_is_deterministic_per_seed():
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1])
 def test_digits_rejects_bad_test_fraction(fraction):
-    with pytest.raises(ValueError, match=rf"test_fraction must be a finite number > 0 and < 1\. Received: test_fraction={fraction}"):
+    with pytest.raises(ValueError, match=rf"test_fraction must be a finite number > 0 and < 1\. "
+                                         rf"Received: test_fraction={fraction}"):
         data.load_digits(test_fraction=fraction)
 
 
@@ -269,7 +270,8 @@ def test_cifar10_jpeg_limit_per_class_takes_first_files(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("limit", [0, -1, 2.5, True])
 def test_cifar10_jpeg_rejects_bad_limit(tmp_path, limit):
-    with pytest.raises(ValueError, match=rf"^limit_per_class must be a positive integer\. Received: limit_per_class={limit}$"):
+    with pytest.raises(ValueError, match=rf"^limit_per_class must be a positive integer\. "
+                                         rf"Received: limit_per_class={limit}$"):
         data.load_cifar10_jpeg(tmp_path, limit_per_class=limit)
 
 

@@ -91,12 +91,14 @@ def test_eps_bounds_results_and_zero_eps_returns_x():
     "kwargs, message",
     [
         ({"steps": 0}, r"steps must be a positive integer\. Received: steps=0"),
-        ({"binary_search_steps": 0}, r"binary_search_steps must be a positive integer\. Received: binary_search_steps=0"),
+        ({"binary_search_steps": 0},
+         r"binary_search_steps must be a positive integer\. Received: binary_search_steps=0"),
         ({"beta": -1.0}, r"beta must be a finite number >= 0\. Received: beta=-1\.0"),
         ({"initial_const": 0.0}, r"initial_const must be a finite number > 0\. Received: initial_const=0\.0"),
         ({"confidence": -1.0}, r"confidence must be a finite number >= 0\. Received: confidence=-1\.0"),
         ({"learning_rate": 0.0}, r"learning_rate must be a finite number > 0\. Received: learning_rate=0\.0"),
-        ({"decision_rule": "L2"}, r"Unknown decision_rule\. Expected one of \['EN', 'L1'\]\. Received: decision_rule='L2'"),
+        ({"decision_rule": "L2"},
+         r"Unknown decision_rule\. Expected one of \['EN', 'L1'\]\. Received: decision_rule='L2'"),
         ({"targets": np.full(6, 7, "int32")}, r"targets must lie in \[0, 2\]\. Received: \[7, 7, 7, 7, 7, 7\]"),
     ],
 )

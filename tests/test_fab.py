@@ -11,7 +11,6 @@ from conftest import affine_model as linear_model
 from conftest import affine_points as linear_points
 
 
-
 def analytic_distance(x, y, norm, classes=(0, 1, 2)):
     """Distance to the nearest boundary f_k = f_y of the affine model (no box)."""
     f = x @ W + B
@@ -114,8 +113,9 @@ def test_eps_bounds_results_and_zero_eps_returns_x(trained_digits_model, digits)
         ({"eta": 0.5}, r"eta must be a finite number >= 1\. Received: eta=0\.5"),
         ({"beta": 0.0}, r"beta must be a finite number > 0 and <= 1\. Received: beta=0\.0"),
         ({"norm": "l1"}, r"Unknown norm\. Expected one of \['linf', 'l2'\]\. Received: norm='l1'"),
-        ({"targets": np.full(5, 1, "int32")}, r"targets must be integer class labels of the shape of y\. "
-                                              r"Received: targets\.dtype=int32, targets\.shape=\(5,\), y\.shape=\(6,\)"),
+        ({"targets": np.full(5, 1, "int32")},
+         r"targets must be integer class labels of the shape of y\. "
+         r"Received: targets\.dtype=int32, targets\.shape=\(5,\), y\.shape=\(6,\)"),
         ({"targets": np.full(6, 3, "int32")}, r"targets must lie in \[0, 2\]\. Received: \[3, 3, 3, 3, 3, 3\]"),
     ],
 )

@@ -408,12 +408,13 @@ def test_the_registry_describes_every_method_and_harden_follows_it():
     # The former recipe, as the docstring gives it: no AWP.
     former = harden(linear_model(), method="pgd", steps=5, ema_momentum=0.999, eps=EPS)
     assert former.weight_perturbation is None and former.perturbation.steps == 5
-    with pytest.raises(ValueError, match=r"Unknown method\. Expected one of \[.*'recommended'\]\. Received: method='pdg'"):
+    with pytest.raises(ValueError, match=r"Unknown method\. Expected one of \[.*'recommended'\]\. "
+                                         r"Received: method='pdg'"):
         get_method("pdg")
     with pytest.raises(ValueError, match=r"already registered\. Pass overwrite=True.*Received: name='pgd'"):
         register_method(MethodSpec("pgd", METHODS["pgd"].build, None, True, ()))
-    spec = MethodSpec("pgd3_awp", lambda base, options, **kw: HardenedModel(base, perturbation=PGD(options.eps, steps=3),
-                                                                            **kw),
+    spec = MethodSpec("pgd3_awp",
+                      lambda base, options, **kw: HardenedModel(base, perturbation=PGD(options.eps, steps=3), **kw),
                       None, True, ("awp_norm",), awp_gamma=0.01)
     register_method(spec)
     try:

@@ -136,7 +136,8 @@ def test_update_matches_finite_differences_of_the_total_objective():
             minus = [p.copy() for p in theta]
             plus[i][idx] += h
             minus[i][idx] -= h
-            numeric[idx] = (total_objective_float64(plus, X, Y, beta) - total_objective_float64(minus, X, Y, beta)) / (2 * h)
+            numeric[idx] = (total_objective_float64(plus, X, Y, beta)
+                            - total_objective_float64(minus, X, Y, beta)) / (2 * h)
         np.testing.assert_allclose(-update[i], numeric, rtol=1e-4, atol=1e-6)
 
     plain = compiled(harden(tiny_sequential(), layers=2, penalty_weight=0.0), keras.optimizers.SGD(1.0))
@@ -306,7 +307,8 @@ def test_the_noise_seed_follows_keras_global_seed_and_round_trips(tmp_path):
 def test_gfa_model_names_the_argument_that_is_wrong():
     with pytest.raises(ValueError, match=r"^epsilon must be a finite number > 0\. Received: epsilon=-1\.0$"):
         GFAModel(tiny_sequential(), layers=1, penalty_weight=0.1, epsilon=-1.0)
-    with pytest.raises(ValueError, match=r"^penalty_weight must be a finite number >= 0\. Received: penalty_weight=-2$"):
+    with pytest.raises(ValueError, match=r"^penalty_weight must be a finite number >= 0\. "
+                                         r"Received: penalty_weight=-2$"):
         GFAModel(tiny_sequential(), layers=1, penalty_weight=-2)
     with pytest.raises(ValueError, match=r"at least 1\. Received: layers=0"):
         GFAModel(tiny_sequential(), layers=0, penalty_weight=0.1)

@@ -95,7 +95,8 @@ def test_explicit_target_and_eps_zero():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"eps": 0.5, "norm": "l2"}, r"one_pixel supports only the Linf threat model\. Expected norm='linf'\. Received: norm='l2'"),
+        ({"eps": 0.5, "norm": "l2"},
+         r"one_pixel supports only the Linf threat model\. Expected norm='linf'\. Received: norm='l2'"),
         ({"eps": None}, r"needs a perturbation bound\. Received: eps=None"),
         ({"eps": 0.5, "pixels": 0}, r"pixels must be a positive integer\. Received: pixels=0"),
         ({"eps": 0.5, "population": 3}, r"population must be an integer >= 4\. Received: population=3"),

@@ -157,7 +157,8 @@ def test_single_step_models_save_load_and_resume(make, tmp_path):
     (lambda: FGSM(EPS, random_start=True, step_size=float("nan")), r"Received: step_size=nan"),
     (lambda: NFGSM(EPS, step_size=-0.1), r"step_size must be a finite number > 0. Received: step_size=-0.1"),
     (lambda: NFGSM(EPS, step_size=float("inf")), r"Received: step_size=inf"),
-    (lambda: NFGSM(EPS, noise_magnitude=0), r"noise_magnitude must be a finite number > 0. Received: noise_magnitude=0"),
+    (lambda: NFGSM(EPS, noise_magnitude=0),
+     r"noise_magnitude must be a finite number > 0. Received: noise_magnitude=0"),
     (lambda: NFGSM(EPS, noise_magnitude="2eps"), r"Received: noise_magnitude='2eps'"),
     (lambda: NFGSM(0.0), r"eps must be a finite number > 0. Received: eps=0.0"),
     (lambda: NFGSM(EPS, norm="l1"), r"Unknown norm. Expected one of \['linf', 'l2'\]. Received: norm='l1'"),
@@ -186,7 +187,8 @@ def test_harden_builds_the_single_step_methods():
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"method": "n_fgsm"}, r"method='n_fgsm' trains against perturbations and needs their radius.*Received: eps=None"),
-    ({"method": "fgsm_rs", "eps": 0.1, "step_size": 0}, r"step_size must be a finite number > 0. Received: step_size=0"),
+    ({"method": "fgsm_rs", "eps": 0.1, "step_size": 0},
+     r"step_size must be a finite number > 0. Received: step_size=0"),
     ({"method": "n_fgsm_gradalign", "eps": 0.1, "step_size": float("nan")}, r"Received: step_size=nan"),
     ({"method": "n_fgsm_gradalign", "eps": 0.1, "penalty_weight": -1.0}, r"Received: weight=-1.0"),
 ])

@@ -1,6 +1,6 @@
-"""Every training method (and the recipes' parts: AWP, weight averaging) on the networks Keras users harden: keras.applications ResNet50V2,
-MobileNetV3Small, EfficientNetB0 (weights=None, 32x32) and a KerasHub ResNet (random weights
-from a config). Nothing is downloaded.
+"""Every training method (and the recipes' parts: AWP, weight averaging) on the networks Keras users harden:
+keras.applications ResNet50V2, MobileNetV3Small, EfficientNetB0 (weights=None, 32x32) and a KerasHub
+ResNet (random weights from a config). Nothing is downloaded.
 
 For each method one training step must (a) change the weights and keep them finite, and
 (b) leave batch normalization's moving statistics exactly where ONE plain training forward

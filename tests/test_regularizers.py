@@ -97,6 +97,7 @@ def test_update_is_the_gradient_of_the_total_objective_by_double_backprop():
     grad_w, grad_b = numeric_gradient(w, 0), numeric_gradient(b, 1)
     np.testing.assert_allclose(new_w, w - lr * grad_w, atol=2e-5)
     np.testing.assert_allclose(new_b, b - lr * grad_b, atol=2e-5)
+
     # The penalty's own gradient is part of the update: without the second-order
     # term the weights would have moved by the cross-entropy's gradient alone.
     def ce_only(w_, b_):

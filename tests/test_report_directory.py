@@ -52,9 +52,9 @@ def full_report(directory):
     flag = {"check": "iterative_beats_single_step", "status": "warn", "reason": "a <b>weaker</b> attack won"}
     report_directory.add_to_report(directory, "plain", robustness=make_report(0.9, [0.5, 0.25], standard=True),
                                    title="Digits <demo>")
-    report_directory.add_to_report(directory, "gfa & co", robustness=make_report(0.85, [0.6, 0.35], with_norms=True,
-                                                                            flags=[flag]),
-                              history=HISTORY, landscape=LANDSCAPE, training={"method": "gfa", "beta": 0.01})
+    report_directory.add_to_report(directory, "gfa & co",
+                                   robustness=make_report(0.85, [0.6, 0.35], with_norms=True, flags=[flag]),
+                                   history=HISTORY, landscape=LANDSCAPE, training={"method": "gfa", "beta": 0.01})
     report_directory.add_to_report(directory, tuning=TUNING)
     return report_directory.render_report(directory)
 

@@ -38,9 +38,11 @@ def test_cyclic_learning_rate_drives_an_optimizer_and_round_trips():
     [
         (lambda: CyclicLearningRate(0.1, 0.01, 10), r"max_lr must be >= min_lr"),
         (lambda: CyclicLearningRate(-0.1, 0.1, 10), r"min_lr must be a finite number >= 0. Received: min_lr=-0.1"),
-        (lambda: CyclicLearningRate(0.0, 0.1, 0), r"half_cycle_steps must be a positive integer. Received: half_cycle_steps=0"),
+        (lambda: CyclicLearningRate(0.0, 0.1, 0),
+         r"half_cycle_steps must be a positive integer. Received: half_cycle_steps=0"),
         (lambda: PenaltyWarmup("gfa", target=-1.0), r"target must be a finite number >= 0. Received: target=-1.0"),
-        (lambda: PenaltyWarmup("gfa", 0.1, start_epoch=-1), r"start_epoch must be an integer >= 0. Received: start_epoch=-1"),
+        (lambda: PenaltyWarmup("gfa", 0.1, start_epoch=-1),
+         r"start_epoch must be an integer >= 0. Received: start_epoch=-1"),
     ],
 )
 def test_bad_schedules_raise(make, message):

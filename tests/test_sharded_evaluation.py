@@ -79,7 +79,7 @@ def test_shards_merge_into_the_unsharded_report(trained_digits_model, data, whol
         blocks = list(range(i, 5, count))
         assert part.shard["blocks"] == blocks
         assert part.settings["num_points"] == len(part.broken_by[0]) == sum(min(BATCH, N_POINTS - k * BATCH)
-                                                                             for k in blocks)
+                                                                            for k in blocks)
         assert part.flags == []
         assert (part.shard["sample"] is not None) == (i == 0)
     random.Random(count).shuffle(parts)
@@ -283,8 +283,9 @@ def test_merging_bad_sets_of_shards_names_what_is_wrong(trained_digits_model, da
         ([parts[0], tampered(parts[1], index=5)], r"Shard index must lie in \[0, 2\)\. Received: index=5 in report 1"),
         ([tampered(parts[0], count=0), tampered(parts[1], count=0)],
          r"Shard count must be an integer >= 1\. Received: count=0 in report 0"),
-        ([parts[0], tampered(parts[1], count=3)], r"the shard count \(count\) differs.*Received: 2 in report 0 \(shard 0\), "
-                                                   r"3 in report 1 \(shard 1\)"),
+        ([parts[0], tampered(parts[1], count=3)],
+         r"the shard count \(count\) differs.*Received: 2 in report 0 \(shard 0\), "
+         r"3 in report 1 \(shard 1\)"),
     ]
     other_eps = evaluate_robustness(trained_digits_model, data, **{**FAST, "eps": 0.2}, shard=(1, 2))
     cases.append(([parts[0], other_eps], r"settings\['eps'\] differs.*Received: \[0\.1\] in report 0 \(shard 0\), "

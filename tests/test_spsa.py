@@ -69,7 +69,8 @@ def test_bad_inputs_raise_value_error(override, message):
         (dict(norm="l2"), "only the Linf threat model"),
         (dict(steps=0), "steps must be a positive integer"),
         (dict(num_samples=0), "num_samples must be a positive integer"),
-        (dict(perturbation_size=0.0), r"perturbation_size must be a finite number > 0\. Received: perturbation_size=0\.0"),
+        (dict(perturbation_size=0.0),
+         r"perturbation_size must be a finite number > 0\. Received: perturbation_size=0\.0"),
         (dict(learning_rate=0.0), r"learning_rate must be a finite number > 0\. Received: learning_rate=0\.0"),
     ],
 )

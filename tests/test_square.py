@@ -172,7 +172,8 @@ def test_invalid_options_raise(trained_digits_model, digits, kwargs, match):
 
 def test_non_image_input_raises(digits):
     _, (x, y) = digits
-    with pytest.raises(ValueError, match=r"square needs a batch of images \[batch, height, width\(, channels\)\]\. Received: x\.shape=\(4, 64\)"):
+    with pytest.raises(ValueError, match=r"square needs a batch of images \[batch, height, width\(, channels\)\]\. "
+                                         r"Received: x\.shape=\(4, 64\)"):
         square(lambda v: v, x[:4].reshape(4, -1), y[:4], eps=0.1)
 
 

@@ -82,7 +82,7 @@ def test_tapped_features_are_the_nested_layers_inputs_and_predictions_match():
     # Independent computation, in inference mode, of the two layer inputs.
     (h_conv_b, h_head), _ = extractor(X, training=False)
     before_conv_b = backbone.get_layer("relu")(backbone.get_layer("bn")(backbone.get_layer("conv_a")(X),
-                                                                       training=False))
+                                                                        training=False))
     np.testing.assert_allclose(h_conv_b, before_conv_b, atol=1e-5)
     np.testing.assert_allclose(h_head, backbone(X, training=False), atol=1e-5)
 

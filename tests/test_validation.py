@@ -96,9 +96,11 @@ def test_choice_lists_the_valid_names():
 def test_clip_range_must_be_an_ordered_pair_of_numbers():
     assert check_clip_range(0, 1) == (0.0, 1.0)
     assert check_clip_range(-1.0, 1.0) == (-1.0, 1.0)
-    with pytest.raises(ValueError, match=r"^clip_min must be smaller than clip_max\. Received: clip_min=1.0, clip_max=0.0$"):
+    with pytest.raises(ValueError, match=r"^clip_min must be smaller than clip_max\. "
+                                         r"Received: clip_min=1.0, clip_max=0.0$"):
         check_clip_range(1.0, 0.0)
-    with pytest.raises(ValueError, match=r"^clip_min must be smaller than clip_max\. Received: clip_min=0.5, clip_max=0.5$"):
+    with pytest.raises(ValueError, match=r"^clip_min must be smaller than clip_max\. "
+                                         r"Received: clip_min=0.5, clip_max=0.5$"):
         check_clip_range(0.5, 0.5)
     with pytest.raises(ValueError, match=r"^clip_max must be a finite number\. Received: clip_max=nan$"):
         check_clip_range(0.0, float("nan"))

@@ -20,7 +20,8 @@ def model_with_batch_norm(seed=0):
 
 
 def compiled(model):
-    model.compile(optimizer=keras.optimizers.SGD(0.5), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(optimizer=keras.optimizers.SGD(0.5),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return model
 
 
@@ -56,8 +57,8 @@ def test_after_fit_the_model_holds_the_hand_computed_average_batch_norm_statisti
     for name, w, e in zip(names, model.base_model.weights, expected):
         np.testing.assert_allclose(w.numpy(), e, rtol=1e-5, atol=1e-6, err_msg=name)
     # Averaged, not the last weights:
-    assert np.abs(model.base_model.get_layer("logits").kernel.numpy() - recorder.seen[-1][names.index("kernel")]).max() \
-        > 1e-4
+    assert np.abs(model.base_model.get_layer("logits").kernel.numpy()
+                  - recorder.seen[-1][names.index("kernel")]).max() > 1e-4
     # evaluate and predict use the averaged weights.
     np.testing.assert_allclose(model.predict(X, verbose=0), model.base_model(X, training=False).numpy(), atol=1e-6)
 

@@ -8,8 +8,8 @@
     gfa-keras evaluate runs/gfa/mlp_gfa.keras --attacks autoattack --shard 0/2 --out runs/parts   # and 1/2
     gfa-keras merge runs/parts/mlp_gfa.shard-*-of-2.json --out runs/cmp
 
-Every command but `evaluate --shard` (which writes one shard's JSON for `merge`) writes a report directory (`report.json`, `report.md`, `report.html`
-and PNG plots, see `gfa_keras.reports.report_directory`).
+Every command but `evaluate --shard` (which writes one shard's JSON for `merge`) writes a report directory
+(`report.json`, `report.md`, `report.html` and PNG plots, see `gfa_keras.reports.report_directory`).
 
 Exit codes: 0 success; 1 the run failed (a file missing or corrupt, data not
 available, a value the library rejected: the message says which); 2 the command
