@@ -193,8 +193,8 @@ VARIANTS = {
     # The training radius ramped from 0 to eps over the first 3 of 15 epochs (`EpsilonWarmup`; a
     # curriculum, Cai et al. 2018): the small CNNs still underfit their attacked points at epoch 15,
     # and a model that first learns nearer the clean points may reach better robust features. The recipe
-    # with it: Fashion-MNIST +0.6 ± 0.4 over the recipe (seeds 0-1, session 40); CIFAR-10 +0.7 ± 0.4 over
-    # the recipe and +2.3 ± 0.8 over PGD-7, clean +3.9 (five seeds, session 41).
+    # with it: Fashion-MNIST +0.3 ± 0.2 over the recipe, +1.0 ± 0.3 over PGD-7 (four seeds, session 42);
+    # CIFAR-10 +0.7 ± 0.4 over the recipe and +2.3 ± 0.8 over PGD-7, clean +3.9 (five seeds, session 41).
     "_epswarm": (dict(eps_warmup_epochs=3), ("pgd", "pgd5_awp_ema")),
     # Random crops (SETTINGS' crop_padding) and horizontal flips of the training images (`CropFlip`),
     # which Rebuffi et al. 2021 found to pay against robust overfitting only with weight averaging:
