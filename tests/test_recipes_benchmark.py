@@ -320,9 +320,8 @@ def test_the_larger_radius_variant_trains_beyond_the_evaluated_eps(tmp_path, cap
     for recipe in recipes:
         _run(capsys, "train", "--dataset", "digits", "--seeds", "0", "--runs", str(tmp_path), "--train-size", "256",
              "--verbose", "0", "--epochs", "1", "--recipes", recipe)
-    progress = {recipe: json.loads((tmp_path / "digits" / recipe / "seed0" / "progress.json").read_text())
-                for recipe in recipes}
-    base, larger = (progress[recipe] for recipe in recipes)
+    base, larger = (json.loads((tmp_path / "digits" / recipe / "seed0" / "progress.json").read_text())
+                    for recipe in recipes)
     assert base["harden"]["eps"] == pytest.approx(0.1) and larger["harden"]["eps"] == pytest.approx(0.12)
     model = bench.make_model(recipes[1], "digits", (8, 8, 1), 10, 0, 1e-3)[0]
     (x, y), _, _, _ = bench.load_splits("digits", 64)
