@@ -64,7 +64,7 @@ import numpy as np  # noqa: E402
 
 from gfa_keras import EpsilonWarmup, WeightPerturbationWarmup, evaluate_robustness, harden  # noqa: E402
 from gfa_keras.architectures import ARCHITECTURES, build_architecture  # noqa: E402
-from gfa_keras.atomic_files import save_model, write_json  # noqa: E402
+from gfa_keras.atomic_files import save_model, write_json, write_text  # noqa: E402
 from gfa_keras.augmentation import CropFlip  # noqa: E402
 from gfa_keras.data import as_tf_dataset, load_dataset  # noqa: E402
 from gfa_keras.evaluation.report import RobustnessReport  # noqa: E402
@@ -531,7 +531,8 @@ def cmd_cost(args):
             _wait_for([out.with_suffix(".ready") for out in outs.values()], workers, "it was ready")
             for round_ in range(args.rounds):
                 for r, out in outs.items():
-                    out.with_suffix(f".go{round_}").write_text(repr(time.time() + 0.5))
+                    # whole or not at all: the worker reads the file as soon as it exists
+                    write_text(out.with_suffix(f".go{round_}"), repr(time.time() + 0.5))
                     _wait_for([out.with_suffix(f".done{round_}")], workers, "its turn ended")
                 if args.verbose:
                     print(f"round {round_ + 1}/{args.rounds} done", flush=True)
